@@ -1,0 +1,185 @@
+"""Onsets: the earliest layer at which a tracked token enters the top-k, and how they aggregate.
+
+Conventions:
+
+* ranks are glt's 0-based ranks (the number of strictly greater logits), so "inside the top-k"
+  means ``rank < k`` (the paper's 1-based ``rank <= k``);
+* layers are residual indices (0 = embeddings, ``n_layers`` = final residual);
+* ``first`` is the paper's first crossing: the first layer with ``rank < k``, with no check that it
+  stays; ``stable`` is the first layer from which ``rank < k`` holds at every later layer;
+* a token that never qualifies gets onset ``-1``; aggregates use only the tokens that qualify and
+  report how many did (``n_crossed``) out of ``n``.
+"""
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from glt._errors import GltError
+
+__all__ = [
+    "K_GRID",
+    "OnsetCurve",
+    "Onsets",
+    "aggregate_onsets",
+    "compute_onsets",
+    "first_crossing",
+    "stable_onset",
+    "topk_churn",
+]
+
+#: The paper's log grid of thresholds k, from 1 to 10^4.
+K_GRID: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000)
+
+
+def _inside(ranks: Int[Tensor, "layer n"], k: int) -> Bool[Tensor, "layer n"]:
+    if ranks.ndim != 2:
+        raise GltError(f"ranks must be [layer, n], got shape {tuple(ranks.shape)}")
+    if k < 1:
+        raise GltError(f"k must be >= 1, got {k}")
+    return ranks < k
+
+
+def first_crossing(ranks: Int[Tensor, "layer n"], k: int) -> Int[Tensor, " n"]:
+    """First layer with ``rank < k`` (the paper's onset), or -1 if none.
+
+    Example:
+        >>> first_crossing(torch.tensor([[9], [0], [4], [0]]), 1).tolist()
+        [1]
+    """
+    inside = _inside(ranks, k)
+    n_layer = inside.shape[0]
+    idx = torch.arange(n_layer, device=ranks.device)[:, None].expand_as(inside)
+    big = torch.where(inside, idx, torch.full_like(idx, n_layer))
+    first = big.min(0).values
+    return torch.where(first == n_layer, torch.full_like(first, -1), first)
+
+
+def stable_onset(ranks: Int[Tensor, "layer n"], k: int) -> Int[Tensor, " n"]:
+    """First layer from which ``rank < k`` holds at every later layer, or -1 if not at the last.
+
+    Example:
+        >>> stable_onset(torch.tensor([[9], [0], [4], [0]]), 1).tolist()
+        [3]
+    """
+    inside = _inside(ranks, k)
+    n_layer = inside.shape[0]
+    # suffix-all: flip, cumulative product, flip back
+    suffix = torch.flip(torch.cumprod(torch.flip(inside.long(), [0]), 0), [0]).bool()
+    idx = torch.arange(n_layer, device=ranks.device)[:, None].expand_as(inside)
+    big = torch.where(suffix, idx, torch.full_like(idx, n_layer))
+    first = big.min(0).values
+    return torch.where(first == n_layer, torch.full_like(first, -1), first)
+
+
+def topk_churn(ranks: Int[Tensor, "layer n"], k: int) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"]]:
+    """How often each token enters and leaves the top-k going up the layers.
+
+    Returns ``(entries, exits)``; a token inside at layer 0 counts no entry for it.
+
+    Example:
+        >>> e, x = topk_churn(torch.tensor([[9], [0], [4], [0]]), 1)
+        >>> e.tolist(), x.tolist()
+        ([2], [1])
+    """
+    inside = _inside(ranks, k).long()
+    step = inside[1:] - inside[:-1]
+    return (step == 1).sum(0), (step == -1).sum(0)
+
+
+@dataclass(frozen=True, eq=False)
+class Onsets:
+    """Per-item onsets on a grid of k: ``first[k_index, n]`` and ``stable[k_index, n]`` (-1 = never)."""
+
+    ks: tuple[int, ...]
+    first: Int[Tensor, "k n"]
+    stable: Int[Tensor, "k n"]
+    n_layers: int
+
+
+def compute_onsets(ranks: Int[Tensor, "layer n"], ks: Sequence[int] = K_GRID) -> Onsets:
+    """First-crossing and stable onsets for every k in ``ks``.
+
+    Example:
+        >>> o = compute_onsets(torch.tensor([[9, 0], [0, 0], [4, 0], [0, 0]]), ks=(1, 5))
+        >>> o.first.tolist(), o.stable.tolist()
+        ([[1, 0], [1, 0]], [[3, 0], [1, 0]])
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks:
+        raise GltError("ks must hold at least one threshold k >= 1")
+    first = torch.stack([first_crossing(ranks, k) for k in ks])
+    stable = torch.stack([stable_onset(ranks, k) for k in ks])
+    return Onsets(ks, first, stable, int(ranks.shape[0]) - 1)
+
+
+@dataclass(frozen=True)
+class OnsetCurve:
+    """Aggregated onsets of one group on the k grid (one list entry per k).
+
+    ``n`` items in the group; ``n_crossed[i]`` reached the top-``ks[i]`` (and only those enter the
+    statistics, which are NaN when none did).
+    """
+
+    group: str
+    kind: str  # "first" or "stable"
+    ks: tuple[int, ...]
+    n: int
+    n_crossed: tuple[int, ...]
+    mean: tuple[float, ...]
+    median: tuple[float, ...]
+    q25: tuple[float, ...]
+    q75: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OnsetCurve":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _curve(group: str, kind: str, ks: tuple[int, ...], onset: Int[Tensor, "k n"]) -> OnsetCurve:
+    n = int(onset.shape[1])
+    crossed, mean, med, q25, q75 = [], [], [], [], []
+    for row in onset:
+        vals = row[row >= 0].double()
+        crossed.append(int(vals.numel()))
+        if vals.numel() == 0:
+            mean.append(float("nan"))
+            med.append(float("nan"))
+            q25.append(float("nan"))
+            q75.append(float("nan"))
+            continue
+        q = torch.quantile(vals, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        mean.append(float(vals.mean()))
+        q25.append(float(q[0]))
+        med.append(float(q[1]))
+        q75.append(float(q[2]))
+    return OnsetCurve(group, kind, ks, n, tuple(crossed), tuple(mean), tuple(med), tuple(q25), tuple(q75))
+
+
+def aggregate_onsets(onsets: Onsets, groups: Sequence[str]) -> list[OnsetCurve]:
+    """Aggregate onsets per group label (mean, median, quartiles, counts), first and stable.
+
+    Quartiles use linear interpolation (``torch.quantile``); only items that reach the top-k at
+    some layer enter the statistics for that k.
+
+    Example:
+        >>> o = compute_onsets(torch.tensor([[9, 0], [0, 0], [4, 0], [0, 0]]), ks=(1,))
+        >>> [(c.group, c.kind, c.mean) for c in aggregate_onsets(o, ["a", "a"])]
+        [('a', 'first', (0.5,)), ('a', 'stable', (1.5,))]
+    """
+    if len(groups) != onsets.first.shape[1]:
+        raise GltError(f"groups must label each of the {onsets.first.shape[1]} items, got {len(groups)}")
+    out = []
+    labels = list(groups)
+    for g in dict.fromkeys(labels):
+        sel = torch.tensor([lab == g for lab in labels])
+        out.append(_curve(g, "first", onsets.ks, onsets.first[:, sel]))
+        out.append(_curve(g, "stable", onsets.ks, onsets.stable[:, sel]))
+    return out
