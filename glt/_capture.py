@@ -14,7 +14,7 @@ residuals alone or inside a batch.
 """
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from glt._errors import GltError
 
-__all__ = ["ResidualStack", "capture_residuals", "iter_residuals", "tokenize"]
+__all__ = ["ResidualStack", "capture_residuals", "iter_residuals", "model_tokenizer", "tokenize"]
 
 
 def _n_layers(model: Any) -> int:
@@ -87,7 +87,7 @@ class ResidualStack:
     def from_cache(
         cls,
         model: Any,
-        cache: Mapping[str, Tensor],
+        cache: Any,
         *,
         tokens: Int[Tensor, "batch pos"] | None = None,
         mask: Bool[Tensor, "batch pos"] | None = None,
@@ -133,9 +133,20 @@ def _check_finite(resid: Tensor) -> None:
         )
 
 
+def model_tokenizer(model: Any) -> Any:
+    """The model's own Hugging Face tokenizer.
+
+    For models from `glt.load_model` this is the tokenizer exactly as saved with the model;
+    TransformerLens's ``model.tokenizer`` is re-initialised with ``add_bos_token=True``, which
+    prepends a BOS some models (SmolLM2) never see in training. For other models glt falls back
+    to ``model.tokenizer``: pass ``prepend_bos`` to `tokenize` to control BOS there.
+    """
+    return getattr(model, "_glt_tokenizer", None) or getattr(model, "tokenizer", None)
+
+
 def tokenize(
     model: Any,
-    texts: str | Sequence[str],
+    texts: Any,
     *,
     prepend_bos: bool | None = None,
     truncate: bool = False,
@@ -153,7 +164,7 @@ def tokenize(
         texts = [texts]
     if not isinstance(texts, Sequence) or len(texts) == 0:
         raise GltError(f"texts must be a non-empty list of strings, got {texts!r:.80}")
-    tok = model.tokenizer
+    tok = model_tokenizer(model)
     if tok is None:
         raise GltError("the model has no tokenizer: pass token ids instead of strings")
     n_ctx = int(model.cfg.n_ctx)
@@ -242,7 +253,9 @@ def _as_id_lists(model: Any, inputs: Any, prepend_bos: bool | None, truncate: bo
     if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)):
         return tokenize(model, inputs, prepend_bos=prepend_bos, truncate=truncate)
     if not isinstance(inputs, Sequence) or len(inputs) == 0:
-        raise GltError(f"inputs must be text, a list of texts or token ids, got {inputs!r:.80}")
+        raise GltError(
+            f"inputs must be text or a non-empty list of texts or token id lists, got {inputs!r:.80}"
+        )
     d_vocab = int(model.cfg.d_vocab)
     out = []
     for i, ids in enumerate(inputs):
@@ -270,7 +283,7 @@ def iter_residuals(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GltError(f"batch_size must be a positive int, got {batch_size!r}")
     seqs = _as_id_lists(model, inputs, prepend_bos, truncate)
-    tok = getattr(model, "tokenizer", None)
+    tok = model_tokenizer(model)
     pad_id = getattr(tok, "pad_token_id", None)
     pad_id = int(pad_id) if pad_id is not None else 0
     device = _device(model)

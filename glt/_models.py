@@ -148,17 +148,33 @@ def _load_bridge(name: str, folder: Path | None, device: str | None, dtype: torc
         old = os.environ.get("HF_HUB_OFFLINE")
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:
+            from transformers import AutoTokenizer
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+                # the folder's own tokenizer, as saved: TransformerLens would otherwise force
+                # add_bos_token=True (SmolLM2's tokenizer adds no BOS)
+                tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+                own = tok  # TransformerLens reuses it only if it already adds a BOS
+                model = TransformerBridge.boot_transformers(
+                    str(folder), device=device, dtype=dtype, tokenizer=tok
+                )
+            model._glt_tokenizer = own
+            return model
         finally:
             if old is None:
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = old
+    from transformers import AutoTokenizer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(name)
+        own = tok
+        model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, tokenizer=tok)
+    model._glt_tokenizer = own
+    return model
 
 
 def _load_hooked(name: str, folder: Path | None, device: str | None, dtype: torch.dtype) -> Any:
@@ -171,9 +187,11 @@ def _load_hooked(name: str, folder: Path | None, device: str | None, dtype: torc
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     tok = AutoTokenizer.from_pretrained(str(folder))
     arch = getattr(hf.config, "_name_or_path", "") or name
-    return HookedTransformer.from_pretrained_no_processing(
+    model = HookedTransformer.from_pretrained_no_processing(
         arch, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
     )
+    model._glt_tokenizer = tok
+    return model
 
 
 def load_model(

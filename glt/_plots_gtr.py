@@ -1,0 +1,226 @@
+"""Plots of guess-then-refine, part-of-speech and fact-recall results.
+
+Same rules as `glt._plots`: ``plot_*(result, *, ax=None, **kwargs)`` returns the new figure or the
+given axes (multi-panel figures take ``axes``), never shows it, and puts the N in the legends.
+
+Example:
+    >>> # fig = plot_bucket_share(glt.run_guess_then_refine(model, lens, max_positions=500))
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from glt._errors import GltError
+from glt._plots import plot_onset_curves, plot_rank_curves, register_plot
+from glt._style import (
+    FLIP_COLORS,
+    OKABE_ITO,
+    as_numpy,
+    bucket_colors,
+    glt_style,
+    new_axes,
+    set_layer_axis,
+    with_n,
+)
+
+__all__ = [
+    "plot_bucket_share",
+    "plot_flip_rate",
+    "plot_flip_split",
+    "plot_pos_onsets",
+    "plot_pos_ranks",
+    "plot_rank_by_bucket",
+]
+
+
+def plot_bucket_share(result: Any, *, ax: Any = None, title: str | None = None) -> Any:
+    """Frequency bucket of each layer's top-1, as 100% stacked bars per layer (the paper's Fig. 2).
+
+    Args:
+        result: a `glt.GuessRefineResult`.
+        ax: axes to draw into; default a new figure.
+        title: axes title.
+
+    Returns:
+        The figure or the given axes; bar heights of bucket ``b`` equal
+        ``result.bucket_share[:, b]`` (one container per bucket, most frequent first).
+    """
+    share = as_numpy(result.bucket_share)
+    n_layer, n_b = share.shape
+    x = np.arange(n_layer)
+    with glt_style():
+        fig, axes = new_axes(ax, figsize=(7.2, 4.0))
+        bottom = np.zeros(n_layer)
+        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b))):
+            axes.bar(x, share[:, b], bottom=bottom, color=color, width=0.82, label=label,
+                     edgecolor="white", linewidth=0.4)
+            bottom += share[:, b]
+        axes.set_ylim(0, 1)
+        axes.set_ylabel(f"share of top-1 tokens (N={result.n_positions:,} positions)")
+        set_layer_axis(axes, n_layer - 1)
+        axes.grid(axis="x", visible=False)
+        axes.legend(title="frequency bucket", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes.set_title(title or f"Frequency bucket of the top-1 per layer ({result.lens} lens)")
+    return fig if ax is None else ax
+
+
+def plot_flip_rate(result: Any, *, ax: Any = None, min_n: int = 10, title: str | None = None) -> Any:
+    """Flip rate per bucket and layer: grouped bars, share of top-1s that differ from the final.
+
+    Args:
+        result: a `glt.GuessRefineResult`.
+        ax: axes to draw into; default a new figure.
+        min_n: omit bars resting on fewer top-1 tokens than this (stated on the figure).
+        title: axes title.
+
+    Returns:
+        The figure or the given axes; bar heights of bucket ``b`` equal
+        ``result.flip_rate[:, b]`` where ``result.bucket_counts[:, b] >= min_n`` (else 0 height,
+        no bar drawn).
+    """
+    rate = as_numpy(result.flip_rate)
+    counts = as_numpy(result.bucket_counts)
+    n_layer, n_b = rate.shape
+    width = 0.84 / n_b
+    with glt_style():
+        fig, axes = new_axes(ax, figsize=(9.0, 4.0))
+        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b))):
+            ok = counts[:, b] >= min_n
+            h = np.where(ok, np.nan_to_num(rate[:, b]), 0.0)
+            x = np.arange(n_layer) - 0.42 + width * (b + 0.5)
+            axes.bar(x, h, width=width, color=color, label=with_n(label, int(counts[:, b].sum())))
+        axes.set_ylim(0, 1.02)
+        axes.set_ylabel("flip rate (top-1 differs from the final top-1)")
+        set_layer_axis(axes, n_layer - 1)
+        axes.grid(axis="x", visible=False)
+        axes.legend(title="bucket of the layer's top-1 (N = top-1s over all layers)", fontsize=7.5,
+                    title_fontsize=8, loc="lower left")
+        axes.text(1.0, 1.0, f"bars on < {min_n} tokens omitted", transform=axes.transAxes,
+                  ha="right", va="bottom", fontsize=7.5, color=OKABE_ITO["grey"])
+        axes.set_title(title or f"Flip rate per bucket ({result.lens} lens)", loc="left")
+    return fig if ax is None else ax
+
+
+def plot_flip_split(result: Any, *, axes: Sequence[Any] | None = None, min_n: int = 10) -> Any:
+    """Gold-aware split per bucket: one panel per bucket, x = layer, stacked shares of the four
+    classes ``right->right``, ``wrong->right``, ``right->wrong``, ``wrong->wrong`` (the layer's
+    top-1 vs the gold next token, then the final top-1 vs gold), over positions with a gold token.
+
+    Args:
+        result: a `glt.GuessRefineResult`.
+        axes: one axes per bucket to draw into; default a new figure.
+        min_n: layers where the bucket holds fewer gold positions than this are left empty.
+
+    Returns:
+        The figure (new) or the given axes; in each panel the container of class ``c`` has heights
+        ``gold_split[:, b, c] / gold_split[:, b].sum(-1)``.
+    """
+    from glt._guess_refine import GOLD_CLASSES
+
+    split = as_numpy(result.gold_split).astype(float)  # [layer, bucket, cls]
+    n_layer, n_b, _ = split.shape
+    order = ("right->right", "wrong->right", "right->wrong", "wrong->wrong")
+    with glt_style():
+        if axes is None:
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(3.1 * n_b + 1.5, 3.6), layout="constrained")
+            axes = fig.subplots(1, n_b, sharey=True)
+            axes = np.atleast_1d(axes)
+        else:
+            fig = None
+            if len(axes) != n_b:
+                raise GltError(f"axes must hold one axes per bucket ({n_b}), got {len(axes)}")
+        for b, a in enumerate(axes):
+            tot = split[:, b].sum(-1)
+            ok = tot >= min_n
+            bottom = np.zeros(n_layer)
+            for c in order:
+                k = GOLD_CLASSES.index(c)
+                h = np.where(ok, split[:, b, k] / np.maximum(tot, 1), 0.0)
+                a.bar(np.arange(n_layer), h, bottom=bottom, width=0.85, color=FLIP_COLORS[c],
+                      label=c if b == 0 else None, edgecolor="white", linewidth=0.3)
+                bottom += h
+            a.set_ylim(0, 1)
+            set_layer_axis(a, n_layer - 1, label=False)
+            a.grid(axis="x", visible=False)
+            a.set_title(with_n(result.bucket_labels[b], int(tot.sum())), fontsize=9.5)
+            a.set_xlabel("layer")
+        axes[0].set_ylabel("share of the bucket's top-1s with a gold token")
+        if fig is None:
+            axes[0].legend(fontsize=7)
+        else:
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center",
+                       title="layer -> final vs gold")
+            fig.suptitle(f"Refinement against the gold token ({result.lens} lens; layers with "
+                         f"< {min_n} tokens left empty)", fontsize=10.5)
+    return fig if fig is not None else axes
+
+
+def plot_rank_by_bucket(result: Any, *, ax: Any = None, title: str | None = None) -> Any:
+    """Rank of the final top-1 over depth, grouped by the final top-1's frequency bucket."""
+    ranks = as_numpy(result.rank_final)
+    final_b = as_numpy(result.bucket)[-1]
+    groups = {lab: ranks[:, final_b == b] for b, lab in enumerate(result.bucket_labels)
+              if (final_b == b).any()}
+    return plot_rank_curves(groups, ax=ax, lens=result.lens,
+                            title=title or f"Rank of the final top-1 by its bucket ({result.lens} lens)")
+
+
+def _pos_subset(result: Any, subset: str | None) -> str:
+    if subset is not None:
+        return subset
+    return "correct" if any(c.group.startswith("correct/") for c in result.curves) else "all"
+
+
+def plot_pos_onsets(
+    result: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    subset: str | None = None,
+    kind: str = "both",
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    """Onset-vs-k curves per POS tag (the paper's Fig. 4a) from a `glt.PosResult`.
+
+    Args:
+        result: a `glt.PosResult`.
+        labels: tags or groups to draw (default the result's tags).
+        subset: ``"correct"`` (the paper's), ``"incorrect"`` or ``"all"`` (default correct when
+            present).
+        kind, ax, title: as in `glt.plot_onset_curves`.
+    """
+    subset = _pos_subset(result, subset)
+    labels = list(labels) if labels is not None else list(result.tags)
+    have = {c.group for c in result.curves}
+    groups = [f"{subset}/{lab}" for lab in labels if f"{subset}/{lab}" in have]
+    if not groups:
+        raise GltError(f"no curves for {labels} in subset {subset!r}: available {sorted(have)}")
+    curves = [type(c)(**{**c.to_dict(), "group": c.group.split("/", 1)[1]})
+              for c in result.curves if c.group in groups]
+    return plot_onset_curves(curves, kind=kind, n_layers=len(result.layer_labels) - 1, ax=ax,
+                             title=title or f"Part of speech: earliest layer in the top-k "
+                             f"({subset} items, {result.lens} lens)")
+
+
+def plot_pos_ranks(result: Any, *, labels: Sequence[str] | None = None, subset: str | None = None,
+                   ax: Any = None, title: str | None = None) -> Any:
+    """Rank of the gold word's first token over depth per POS tag (median, IQR band)."""
+    subset = _pos_subset(result, subset)
+    ranks = as_numpy(result.ranks)
+    tags = np.asarray([it.tag for it in result.items])
+    correct = as_numpy(result.correct).astype(bool)
+    sel = {"correct": correct, "incorrect": ~correct, "all": np.ones_like(correct)}[subset]
+    labels = list(labels) if labels is not None else list(result.tags)
+    groups = {t: ranks[:, (tags == t) & sel] for t in labels if ((tags == t) & sel).any()}
+    if not groups:
+        raise GltError(f"no {subset} items for tags {labels}")
+    return plot_rank_curves(groups, ax=ax, lens=result.lens,
+                            title=title or f"Part of speech: rank of the next word over depth ({subset} items)")
+
+
+register_plot("GuessRefineResult", plot_bucket_share)
+register_plot("PosResult", plot_pos_onsets)

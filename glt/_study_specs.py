@@ -1,0 +1,307 @@
+"""The studies `glt study` runs, each as a `glt._study_stages.StudySpec`.
+
+Every run function reads the config and the model only; data are sampled with the config's seed
+so a stage gives the same result whenever it runs.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glt._errors import GltError
+from glt._io import read_json, write_json
+from glt._study_stages import Stage, StudyContext, StudySpec
+
+__all__ = ["TextReadout", "specs"]
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "n/a" if v != v else f"{v:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    v = float(x)
+    return "n/a" if v != v else f"{100 * v:.0f}%"
+
+
+# ---------------------------------------------------------------- heatmap (one text, every layer)
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextReadout:
+    """A `glt.Readout` of one text with its token strings, saved as JSON (for the heatmap)."""
+
+    readout: Any
+    strings: dict[int, str]
+    text: str
+    model: str
+
+    def decode(self, i: int) -> str:
+        return self.strings.get(int(i), str(int(i)))
+
+    def save(self, path: Path) -> Path:
+        r = self.readout
+        fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+        return write_json(path, {"format": "glt.TextReadout", "version": 1, "text": self.text,
+                                 "model": self.model, "readout": fields,
+                                 "strings": {str(k): v for k, v in self.strings.items()}})
+
+    @classmethod
+    def load(cls, path: Path) -> "TextReadout":
+        from glt._readout import Readout
+
+        d = read_json(path, "text read-out")
+        if not isinstance(d, dict) or d.get("format") != "glt.TextReadout":
+            raise GltError(f"{path} is not a saved glt.TextReadout: delete it and rerun the study")
+        try:
+            f = d["readout"]
+            ints = ("batch_index", "pos_index", "input_ids", "targets", "ranks", "topk_ids")
+            kw = {k: torch.tensor(v, dtype=torch.long if k in ints else torch.float32)
+                  for k, v in f.items() if k not in ("layer_labels", "lens")}
+            r = Readout(layer_labels=tuple(f["layer_labels"]), lens=f["lens"], **kw)
+            return cls(r, {int(k): v for k, v in d["strings"].items()}, d["text"], d["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise GltError(f"{path} is a malformed text read-out ({e}): delete it and rerun") from e
+
+
+def _run_heatmap(ctx: StudyContext, stage: Stage) -> TextReadout:
+    from glt._capture import capture_residuals
+    from glt._models import model_name
+    from glt._readout import readout
+
+    model = ctx.model
+    r = readout(capture_residuals(model, [ctx.config.heatmap_text]), ctx.lens(stage.lens), top_k=3)
+    ids = set(r.topk_ids.flatten().tolist()) | set(r.input_ids.tolist())
+    tok = model.tokenizer
+    strings = {i: tok.decode([i]) if tok is not None else str(i) for i in sorted(ids)}
+    return TextReadout(r, strings, ctx.config.heatmap_text, model_name(model))
+
+
+def _heat_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    from glt._plots import plot_token_heatmap
+
+    return {f"heatmap_{s.lens}": plot_token_heatmap(res.readout, tokenizer=res.decode)
+            for s, res in results.items()}
+
+
+def _heat_head(res: TextReadout) -> list[tuple[str, str]]:
+    last = res.readout.n_rows - 1
+    settle = (res.readout.top1[:, last] != res.readout.top1[-1, last]).nonzero()
+    layer = int(settle.max()) + 1 if settle.numel() else 0
+    return [("text", repr(res.text)),
+            ("final prediction at the last position", repr(res.decode(int(res.readout.top1[-1, last])))),
+            ("layer from which the last position's top-1 is final", str(layer))]
+
+
+# ---------------------------------------------------------------- part of speech
+def _run_pos(ctx: StudyContext, stage: Stage) -> Any:
+    from glt._pos import run_pos_study
+
+    return run_pos_study(ctx.model, ctx.lens(stage.lens), max_items=ctx.config.pos_items,
+                         batch_size=ctx.config.batch_size, progress=ctx.progress)
+
+
+def _pos_subset(res: Any) -> str:
+    return "correct" if any(c.group.startswith("correct/") for c in res.curves) else "all"
+
+
+def _pos_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    from glt._plots_gtr import plot_pos_onsets, plot_pos_ranks
+
+    out = {}
+    for s, res in results.items():
+        out[f"pos_onsets_{s.lens}"] = plot_pos_onsets(res)
+        out[f"pos_ranks_{s.lens}"] = plot_pos_ranks(res)
+    return out
+
+
+def _pos_head(res: Any) -> list[tuple[str, str]]:
+    subset = _pos_subset(res)
+    rows = []
+    df = res.summary_dataframe(k=1)
+    df = df[df["subset"] == subset]
+    for _, row in df.iterrows():
+        rows.append((f"{row['label']}: mean first / stable onset at k=1 ({subset}, N={row['n']})",
+                     f"{_fmt(row.get('first_mean'), 1)} / {_fmt(row.get('stable_mean'), 1)}"))
+    rows.append(("items (correct of all)", f"{int(res.correct.sum())} of {res.n_items}"))
+    skipped = sum(n for _, _, n in res.skipped)
+    rows.append(("skipped (word, tag) cases", str(skipped)))
+    return rows
+
+
+# ---------------------------------------------------------------- multiple choice
+def _run_mc(ctx: StudyContext, stage: Stage) -> Any:
+    from glt._multiple_choice import run_multiple_choice
+
+    shots = ctx.config.mc_shots
+    return run_multiple_choice(ctx.model, ctx.lens(stage.lens), task=stage.variant,
+                               n_items=ctx.config.mc_items, shots=min(shots, 5), permute_symbols=True,
+                               seed=ctx.config.seed, batch_size=max(1, ctx.config.batch_size // 2),
+                               progress=ctx.progress)
+
+
+def _mc_tables(res: Any) -> dict[str, Any]:
+    return {"": res.to_dataframe(), "_items": res.item_table(), "_curves": res.curves(),
+            "_summary": res.summary()}
+
+
+def _mc_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    from glt._plots_studies import plot_multiple_choice
+
+    return {f"mc_{s.variant}_{s.lens}": plot_multiple_choice(res) for s, res in results.items()}
+
+
+def _mc_head(res: Any) -> list[tuple[str, str]]:
+    s = res.summary()
+    main = s[(s["run"] == "main") & (s["group"] == "all")].iloc[0]
+    rows = [("items (skipped)", f"{int(main['n'])} ({int(main['n_skipped'])})"),
+            ("accuracy of the final choice among the options", _pct(main["accuracy"])),
+            ("final top-1 is an option token", _pct(main["top1_is_option"])),
+            (f"format onset (all options in top-{res.top_k_format}), median stable layer "
+             f"(N={int(main['format_stable_n'])})", _fmt(main["format_stable_median"], 1)),
+            (f"decision onset, median stable layer (N={int(main['decision_stable_n'])})",
+             _fmt(main["decision_stable_median"], 1))]
+    ctrl = s[(s["run"] == "control") & (s["group"] == "all")]
+    if len(ctrl):
+        rows.append((f"control ({ctrl.iloc[0]['symbols_mode']}) accuracy", _pct(ctrl.iloc[0]["accuracy"])))
+    return rows
+
+
+# ---------------------------------------------------------------- early exit
+def _wiki_readout(ctx: StudyContext, lens: Any, n_texts: int, max_tokens: int) -> tuple[Any, Any]:
+    """Read every position but the last of the first tokens of ``n_texts`` paragraphs."""
+    from glt._capture import iter_residuals, tokenize
+    from glt._readout import Readout, readout
+
+    model = ctx.model
+    ids = [x[:max_tokens] for x in tokenize(model, ctx.wiki_texts(n_texts), truncate=True)]
+    parts, golds, offsets = [], [], []
+    bs = ctx.config.batch_size
+    for b0, stack in zip(range(0, len(ids), bs), iter_residuals(model, ids, batch_size=bs)):
+        mask = stack.mask.clone()
+        mask[torch.arange(mask.shape[0]), stack.lengths - 1] = False
+        r = readout(stack, lens, positions=mask, top_k=1)
+        golds.append(stack.tokens[r.batch_index, r.pos_index + 1].cpu())
+        parts.append(r)
+        offsets.append(b0)
+    return Readout.concat(parts, batch_offsets=offsets), torch.cat(golds)
+
+
+def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
+    from glt._corpus import WIKI_SOURCE
+    from glt._early_exit import early_exit
+    from glt._models import model_name
+
+    cfg = ctx.config
+    r, gold = _wiki_readout(ctx, ctx.lens(stage.lens), cfg.gtr_texts, cfg.gtr_max_tokens)
+    freq = ctx.frequency()
+    cats = [freq.labels[b] for b in freq.bucket_of(r.top1[-1].cpu()).tolist()]
+    return early_exit(r, gold=gold, categories=cats, model_name=model_name(ctx.model),
+                      data_source=f"{WIKI_SOURCE}; {cfg.text_split} split, first {cfg.gtr_max_tokens} "
+                      f"tokens of {cfg.gtr_texts} paragraphs; categories: frequency bucket of the final top-1")
+
+
+def _exit_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    from glt._plots_studies import plot_early_exit
+
+    return {f"early_exit_{s.lens}": plot_early_exit(res) for s, res in results.items()}
+
+
+def _exit_head(res: Any) -> list[tuple[str, str]]:
+    gi = res.groups.index("all")
+    rows = [("tokens (with gold)", f"{res.n[gi]} ({res.n_gold[gi]})"),
+            ("median stable onset (k=1)", _fmt(res.onset_median[gi], 1)),
+            ("compute saved by an oracle exit at the stable onset", _pct(res.onset_saved[gi]))]
+    for tau in (0.5, 0.9):
+        if tau in res.taus:
+            ti = res.taus.index(tau)
+            rows.append((f"confidence exit at p >= {tau}: compute saved / agreement / accuracy",
+                         f"{_pct(res.tau_saved[gi, ti])} / {_pct(res.tau_agreement[gi, ti])} / "
+                         f"{_pct(res.tau_accuracy[gi, ti])}"))
+    return rows
+
+
+# ---------------------------------------------------------------- patching
+def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
+    import random
+
+    from glt._mc_data import format_mc_prompt, load_mc_dataset, mmlu_shots, split_binary_shots
+    from glt._patching import patch_layers
+
+    cfg = ctx.config
+    rng = random.Random(cfg.seed)
+    mmlu = list(load_mc_dataset("mmlu").examples)
+    rng.shuffle(mmlu)
+    sst_shots, sst_rest = split_binary_shots(load_mc_dataset("sst2").examples, min(cfg.mc_shots, 4), cfg.seed)
+    n = cfg.patch_pairs
+    targets = [format_mc_prompt(e, mmlu_shots(e.subject, min(cfg.mc_shots, 5))).text for e in mmlu[:n]]
+    sources = [format_mc_prompt(e, sst_shots, task="sst2").text for e in sst_rest[:n]]
+    return patch_layers(ctx.model, targets, sources, target_options=[" A", " B", " C", " D"],
+                        source_options=[" negative", " positive"], lens=ctx.lens(stage.lens),
+                        batch_size=cfg.batch_size, progress=ctx.progress)
+
+
+def _patch_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    from glt._plots_studies import plot_patching
+
+    return {f"patching_{s.lens}": plot_patching(res) for s, res in results.items()}
+
+
+def _patch_head(res: Any) -> list[tuple[str, str]]:
+    import numpy as np
+
+    ts = res.transition_stable.numpy()
+    ls = res.lens_options_stable.numpy()
+    med = (lambda v: _fmt(np.median(v[v >= 0]), 1) if (v >= 0).any() else "never")  # noqa: E731
+    return [("pairs (valid: each unpatched prompt on its own options)", f"{res.n_pairs} ({int(res.valid.sum())})"),
+            ("median patching transition layer (stable)", med(ts)),
+            (f"median layer where the {res.lens} lens settles on the source options", med(ls)),
+            ("pairs where patching and lens disagree", str(len(res.disagreements())))]
+
+
+def _tables(res: Any) -> dict[str, Any]:
+    return {"": res.to_dataframe()}
+
+
+def _exit_tables(res: Any) -> dict[str, Any]:
+    return {"": res.to_dataframe("policies"), "_onsets": res.to_dataframe("onsets")}
+
+
+def _patch_tables(res: Any) -> dict[str, Any]:
+    return {"": res.to_dataframe("layers"), "_pairs": res.to_dataframe("pairs")}
+
+
+def specs() -> list[StudySpec]:
+    """The studies in the order `glt study` runs them."""
+    from glt import _study_specs_gtr as gtr
+
+    return [
+        StudySpec("heatmap", "One text, every layer", _run_heatmap, TextReadout.load,
+                  lambda r: {"": r.readout.to_dataframe()}, _heat_figs, _heat_head),
+        *gtr.specs(),
+        StudySpec("pos", "Part of speech", _run_pos, _load("glt._pos", "PosResult"),
+                  lambda r: {"": r.to_dataframe(), "_curves": r.curves_dataframe()}, _pos_figs, _pos_head),
+        StudySpec("mc", "Multiple choice", _run_mc, _load("glt._multiple_choice", "MultipleChoiceResult"),
+                  _mc_tables, _mc_figs, _mc_head, variants=lambda c: c.mc_tasks),
+        StudySpec("early_exit", "Early exit", _run_exit, _load("glt._early_exit", "EarlyExitResult"),
+                  _exit_tables, _exit_figs, _exit_head, needs_frequency=True),
+        StudySpec("patching", "Activation patching", _run_patch, _load("glt._patching", "PatchingResult"),
+                  _patch_tables, _patch_figs, _patch_head),
+    ]
+
+
+def _load(module: str, cls: str) -> Any:
+    def load(path: Path) -> Any:
+        import importlib
+
+        try:
+            kind = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as e:
+            raise GltError(f"{module}.{cls} is not available in this glt build: cannot load {path}") from e
+        return kind.load(path)
+
+    return load

@@ -1,0 +1,385 @@
+"""Training a tuned lens: least-squares initialisation, then KL(final || lens) with SGD.
+
+Recipe (tuned-lens's published defaults, scaled to the data at hand):
+
+* objective: ``KL(p_final || p_lens)`` at the same position, averaged over read positions and
+  summed over layers; every layer's term comes from one shared forward pass of the model
+  (`glt.iter_residuals`), the vocabulary softmax is tiled (`glt._lens_loss`);
+* optimiser: SGD, Nesterov momentum 0.9, ``lr`` 1.0 *after* undoing PyTorch's ``1/(1-momentum)``
+  factor (PyTorch ``lr = 1.0 * (1 - 0.9)``), weight decay 1e-3, global gradient-norm clip 1.0,
+  linear decay to zero, no warm-up. tuned-lens takes 250 steps of 2^18 tokens; glt keeps the
+  step rule and lets ``tokens_per_step`` and ``steps`` follow the data (``tokens_per_step`` tokens
+  per step, ``steps`` = as many as the token budget allows);
+* ``init="least_squares"`` (default) first fits every translator in closed form so that
+  ``h_l + A_l h_l + b_l`` predicts the final residual ``h_final`` (ridge regression, each row
+  weighted by ``1 / mean(h_final^2)`` so rows count in the final norm's scale-free units). It
+  needs only forward passes and reaches a held-out KL that zero-initialised SGD needs far more
+  tokens to reach (see benchmarks/lens_tokens_to_kl.py and the shipped lens's report);
+* ``frequency_counts`` / ``frequency_alpha`` (the paper's control): each read position's KL is
+  weighted by ``(1 + count[t])^-alpha`` where ``t`` is the final layer's top-1 token, so with
+  ``alpha = 1`` positions whose final prediction is 1000x more frequent weigh ~1000x less;
+* BOS positions (a constant attention sink) are skipped and counted.
+
+Data parallel: under ``torch.distributed`` (``torchrun``, gloo on CPU) rank ``r`` takes every
+``world_size``-th sequence of each step; weighted loss sums and gradients are all-reduced, so the
+step equals the single-process step up to float summation order.
+"""
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glt._capture import iter_residuals, tokenize
+from glt._errors import GltError
+from glt._lens_loss import tiled_kl_ce
+from glt._train_state import load_checkpoint, save_checkpoint
+from glt._tuned_lens import TunedLens
+
+__all__ = ["fit_least_squares", "plan_sequences", "train_tuned_lens"]
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if _dist()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def plan_sequences(
+    model: Any, texts: Sequence[str], *, seq_len: int = 256
+) -> tuple[list[list[int]], int]:
+    """Tokenise ``texts`` and cut them into sequences of at most ``seq_len`` tokens.
+
+    Each piece of a long text starts with the BOS token again when the tokenizer adds one, so
+    every sequence looks like a document start to the model. Returns ``(sequences, n_bos)``.
+    """
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise GltError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    seqs: list[list[int]] = []
+    for ids in tokenize(model, list(texts), truncate=True):
+        head = [ids[0]] if bos is not None and ids and ids[0] == bos else []
+        body = ids[len(head):]
+        width = seq_len - len(head)
+        for a in range(0, max(len(body), 1), width):
+            piece = head + body[a : a + width]
+            if len(piece) >= 2:
+                seqs.append(piece)
+    return seqs, (bos if bos is not None else -1)
+
+
+def _rows(tokens: Tensor, mask: Tensor, bos: int) -> tuple[Tensor, Tensor]:
+    keep = mask & (tokens != bos)
+    return keep.nonzero(as_tuple=True)
+
+
+def _steps(seqs: list[list[int]], bos: int, tokens_per_step: int, seed: int, n_steps: int) -> list[list[int]]:
+    """Deterministic step plan: shuffled sequence indices grouped into ~tokens_per_step rows."""
+    out: list[list[int]] = []
+    epoch = 0
+    while len(out) < n_steps:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(seqs), generator=g).tolist()
+        cur: list[int] = []
+        count = 0
+        for i in order:
+            cur.append(i)
+            count += sum(1 for t in seqs[i] if t != bos)
+            if count >= tokens_per_step:
+                out.append(cur)
+                cur, count = [], 0
+                if len(out) == n_steps:
+                    break
+        epoch += 1
+        if epoch > 10_000:
+            raise GltError("texts hold no trainable tokens: pass longer texts")
+    return out
+
+
+def fit_least_squares(
+    model: Any,
+    texts: Sequence[str] | Sequence[Sequence[int]],
+    *,
+    lens: TunedLens | None = None,
+    max_tokens: int | None = None,
+    ridge: float = 1e-4,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> TunedLens:
+    """Fit every translator in closed form so that ``h_l + A_l h_l + b_l`` predicts ``h_final``.
+
+    Weighted ridge regression per layer (rows weighted by ``1 / mean(h_final^2)``; ridge
+    ``ridge * trace(X^T W X) / d_model`` on ``A`` only); BOS positions are skipped. Under
+    ``torch.distributed`` each rank reads its share of the texts and the statistics are summed.
+
+    Args:
+        model: the TransformerLens model.
+        texts: texts or token-id sequences.
+        lens: lens to fill (default: a new `TunedLens` for ``model``).
+        max_tokens: stop after this many read positions (over all ranks, approximately).
+        ridge: relative ridge strength.
+        seq_len, batch_size: sequence cut and forward batch size.
+        progress: show a tqdm bar.
+
+    Example:
+        >>> # ls = glt.fit_least_squares(model, texts, max_tokens=16_384)
+    """
+    from tqdm.auto import tqdm
+
+    lens = lens if lens is not None else TunedLens.from_model(model)
+    if texts and isinstance(texts[0], str):
+        seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
+    else:
+        seqs, bos = [list(map(int, s)) for s in texts], getattr(model.tokenizer, "bos_token_id", -1)
+    rank, world = _dist()
+    seqs = seqs[rank::world]
+    L, d = lens.n_layers, lens.d_model
+    xtx = torch.zeros(L, d + 1, d + 1, dtype=torch.float64)
+    xty = torch.zeros(L, d + 1, d, dtype=torch.float64)
+    seen = 0
+    limit = None if max_tokens is None else math.ceil(max_tokens / world)
+    bar = tqdm(total=limit, desc="least squares", unit="tok", disable=not progress or rank != 0)
+    for stack in iter_residuals(model, seqs, batch_size=batch_size):
+        b, p = _rows(stack.tokens, stack.mask, bos if bos is not None else -1)
+        if limit is not None:
+            b, p = b[: limit - seen], p[: limit - seen]
+        if len(b) == 0:
+            continue
+        h = stack.resid[:, b, p].double()  # [layer, row, d]
+        w = 1.0 / h[-1].pow(2).mean(-1)
+        X = torch.cat([h[:-1], torch.ones(L, len(b), 1, dtype=torch.float64)], -1)
+        xtx += torch.einsum("lri,lrj->lij", X * w[None, :, None], X)
+        xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - h[:-1])
+        seen += len(b)
+        bar.update(len(b))
+        if limit is not None and seen >= limit:
+            break
+    bar.close()
+    _all_reduce(xtx)
+    _all_reduce(xty)
+    total = int(_all_reduce(torch.tensor([seen], dtype=torch.float64)).item())
+    if total <= d:
+        raise GltError(
+            f"least squares saw {total} read positions but needs more than d_model={d}: pass more "
+            "texts or a larger max_tokens"
+        )
+    lam = ridge * torch.diagonal(xtx[:, :d, :d], dim1=-2, dim2=-1).sum(-1) / d
+    reg = xtx.clone()
+    idx = torch.arange(d)
+    reg[:, idx, idx] += lam[:, None]
+    theta = torch.linalg.solve(reg, xty)  # [layer, d+1, d]: rows = inputs (A^T), last = bias
+    with torch.no_grad():
+        lens.weight.copy_(theta[:, :d].transpose(-1, -2).float())
+        lens.bias.copy_(theta[:, d].float())
+    lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"}
+    return lens
+
+
+def _row_weights(top1: Tensor, counts: Tensor | None, alpha: float) -> Tensor:
+    if counts is None:
+        return torch.ones(top1.shape, dtype=torch.float32, device=top1.device)
+    return (1.0 + counts.to(top1.device).float()[top1]).pow(-alpha)
+
+
+def _check_counts(counts: Any, d_vocab: int) -> Tensor | None:
+    if counts is None:
+        return None
+    t = torch.as_tensor(counts)
+    if t.ndim != 1 or t.shape[0] != d_vocab or t.dtype == torch.bool or bool((t < 0).any()):
+        raise GltError(
+            f"frequency_counts must be a non-negative [d_vocab={d_vocab}] tensor of token counts, "
+            f"got {t.dtype} {tuple(t.shape)}: count tokens with the model's own tokenizer"
+        )
+    return t.float()
+
+
+def _fingerprint(settings: dict[str, Any], seqs: list[list[int]]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(str(len(seqs)).encode())
+    for s in seqs[:64]:
+        h.update(str(s[:32]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_tuned_lens(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    init: str = "least_squares",
+    max_tokens: int = 65_536,
+    tokens_per_step: int = 1024,
+    least_squares_tokens: int = 16_384,
+    ridge: float = 1e-4,
+    optimizer: str = "sgd",
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-3,
+    grad_clip: float = 1.0,
+    frequency_counts: Tensor | None = None,
+    frequency_alpha: float = 1.0,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    row_chunk: int = 64,
+    compute_dtype: torch.dtype = torch.float32,
+    vocab_tile: int = 8192,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    callback: Callable[[int, int, TunedLens], None] | None = None,
+    data_name: str | None = None,
+    progress: bool = True,
+) -> TunedLens:
+    """Train a tuned lens for ``model`` on ``texts`` (see the module docstring for the recipe).
+
+    Args:
+        model: a TransformerLens model (its weights are never changed).
+        texts: training texts; cut into sequences of at most ``seq_len`` tokens.
+        init: ``"least_squares"`` (closed-form fit on ``least_squares_tokens`` positions, then
+            KL training) or ``"zero"`` (the logit lens, tuned-lens's init).
+        max_tokens: KL-training budget in read positions; ``steps = max_tokens // tokens_per_step``
+            (0 steps with ``init="least_squares"`` returns the least-squares lens).
+        tokens_per_step: read positions per optimiser step (over all ranks).
+        optimizer: ``"sgd"`` (the recipe) or ``"adam"`` (AMSGrad, lr ``1e-3 * lr``, as tuned-lens).
+        lr, momentum, weight_decay, grad_clip: the recipe (``lr`` before the ``1 - momentum``
+            factor is applied for SGD).
+        frequency_counts, frequency_alpha: the frequency-reweighted objective (counts per token
+            id, ``[d_vocab]``); None trains the plain objective.
+        row_chunk, vocab_tile, compute_dtype: memory/speed knobs (bfloat16 tiles are ~3x faster
+            on CPUs with AVX512-BF16).
+        seed: fixes the data order; the same seed gives the same lens.
+        checkpoint_dir: where to checkpoint every ``checkpoint_every`` steps (atomic); a run
+            started again with the same settings resumes after the last completed step.
+        callback: ``callback(step, tokens_seen, lens)`` after each step (rank 0 only).
+        data_name: provenance string recorded in the lens config.
+        progress: tqdm bar with the loss.
+
+    Returns:
+        The trained `TunedLens` (``lens.config["training"]`` records the run).
+
+    Example:
+        >>> # lens = glt.train_tuned_lens(model, glt._corpus.wikipedia_paragraphs("train"))
+        >>> # lens.save("my-lens")
+    """
+    from tqdm.auto import tqdm
+
+    if init not in ("least_squares", "zero"):
+        raise GltError(f"init must be 'least_squares' or 'zero', got {init!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise GltError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    for name, val in (("max_tokens", max_tokens), ("tokens_per_step", tokens_per_step), ("row_chunk", row_chunk)):
+        if not isinstance(val, int) or val < (0 if name == "max_tokens" else 1):
+            raise GltError(f"{name} must be a positive int, got {val!r}")
+    if not isinstance(texts, Sequence) or isinstance(texts, str) or len(texts) == 0:
+        raise GltError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
+    rank, world = _dist()
+    lens = TunedLens.from_model(model)
+    counts = _check_counts(frequency_counts, lens.unembed.d_vocab)
+    seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
+    n_steps = max_tokens // tokens_per_step
+    settings = {k: v for k, v in locals().items() if k in _SETTINGS}
+    settings["compute_dtype"] = str(compute_dtype)
+    settings["frequency_counts"] = None if counts is None else hashlib.sha256(counts.numpy().tobytes()).hexdigest()[:16]
+    fp = _fingerprint(settings, seqs)
+    plan = _steps(seqs, bos, tokens_per_step, seed, n_steps) if n_steps else []
+    params = lens.translators()
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr * (1 - momentum), momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr * 1e-3, betas=(momentum, 0.999), amsgrad=True, weight_decay=weight_decay)
+    base_lr = opt.param_groups[0]["lr"]
+    history: list[dict[str, Any]] = []
+    start = 0
+    state = load_checkpoint(checkpoint_dir, fp, lens, opt) if checkpoint_dir else None
+    t0 = time.time()
+    if state is not None:
+        start, history = state["step"], state["history"]
+        lens.config.update(state.get("lens_config", {}))
+    elif init == "least_squares":
+        ls_seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()]
+        fit_least_squares(model, ls_seqs, lens=lens, max_tokens=least_squares_tokens, ridge=ridge,
+                          batch_size=batch_size, progress=progress)
+        if checkpoint_dir:
+            save_checkpoint(checkpoint_dir, fp, lens, opt, 0, history, rank)
+    W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
+    norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]
+    for p in norm_params:
+        p.requires_grad_(False)
+    bar = tqdm(total=n_steps, initial=start, desc="tuned lens", unit="step", disable=not progress or rank != 0)
+    try:
+        for step in range(start, n_steps):
+            for g in opt.param_groups:
+                g["lr"] = base_lr * (1 - step / n_steps)
+            opt.zero_grad(set_to_none=False)
+            stats = _step_grads(model, lens, [seqs[i] for i in plan[step][rank::world]], bos, W,
+                                counts, frequency_alpha, batch_size, row_chunk, compute_dtype, vocab_tile)
+            for p in params:
+                _all_reduce(p.grad)
+            _all_reduce(stats)
+            wsum, n_rows = float(stats[0]), int(stats[1])
+            for p in params:
+                p.grad /= max(wsum, 1e-30)
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else float("nan")
+            opt.step()
+            kl_layer = (stats[2:] / max(wsum, 1e-30)).tolist()
+            history.append({"step": step + 1, "rows": n_rows, "kl": sum(kl_layer), "kl_layer": kl_layer,
+                            "grad_norm": gnorm, "lr": opt.param_groups[0]["lr"]})
+            bar.update(1)
+            bar.set_postfix(kl=f"{sum(kl_layer):.3f}")
+            if checkpoint_dir and ((step + 1) % checkpoint_every == 0 or step + 1 == n_steps):
+                save_checkpoint(checkpoint_dir, fp, lens, opt, step + 1, history, rank)
+            if callback is not None and rank == 0:
+                callback(step + 1, sum(h["rows"] for h in history), lens)
+    finally:
+        bar.close()
+        for p in norm_params:
+            p.requires_grad_(True)
+    lens.config["training"] = {
+        **settings, "steps": n_steps, "tokens_trained": sum(h["rows"] for h in history),
+        "bos_positions_skipped": "all (constant attention sink)", "n_sequences": len(seqs),
+        "data": data_name or f"{len(texts)} texts", "world_size": world, "seconds": time.time() - t0,
+        "objective": "KL(final || lens), mean over positions, summed over layers",
+        "frequency_weighting": None if counts is None else f"(1 + count[final top-1])^-{frequency_alpha}",
+        "history": history,
+    }
+    return lens
+
+
+_SETTINGS = {"init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
+             "momentum", "weight_decay", "grad_clip", "frequency_alpha", "seq_len", "seed", "vocab_tile"}
+
+
+def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W: Tensor,
+                counts: Tensor | None, alpha: float, batch_size: int, row_chunk: int,
+                compute_dtype: torch.dtype, tile: int) -> Tensor:
+    """Accumulate ``sum_rows w * KL`` gradients for one step; returns [wsum, rows, kl_sum/layer]."""
+    L = lens.n_layers
+    stats = torch.zeros(2 + L, dtype=torch.float64)
+    if not seqs:
+        return stats
+    for stack in iter_residuals(model, seqs, batch_size=batch_size):
+        b, p = _rows(stack.tokens, stack.mask, bos)
+        for a in range(0, len(b), row_chunk):
+            h = stack.resid[:, b[a : a + row_chunk], p[a : a + row_chunk]].clone().float()
+            x = lens.unembed.normalize(lens.transform_stack(h)[:-1])
+            xf = lens.unembed.normalize(h[-1])
+            kl, _, top1 = tiled_kl_ce(lens.unembed, x, xf, compute_dtype=compute_dtype, tile=tile,
+                                      W=W, return_top1=True)
+            w = _row_weights(top1, counts, alpha)
+            (kl * w).sum().backward()
+            stats[0] += float(w.sum())
+            stats[1] += len(w)
+            stats[2:] += (kl.detach() * w).sum(-1).double()
+    return stats
