@@ -171,8 +171,10 @@ def aggregate_onsets(onsets: Onsets, groups: Sequence[str]) -> list[OnsetCurve]:
 
     Example:
         >>> o = compute_onsets(torch.tensor([[9, 0], [0, 0], [4, 0], [0, 0]]), ks=(1,))
-        >>> [(c.group, c.kind, c.mean) for c in aggregate_onsets(o, ["a", "a"])]
-        [('a', 'first', (0.5,)), ('a', 'stable', (1.5,))]
+        >>> for c in aggregate_onsets(o, ["a", "a"]):
+        ...     print(c.group, c.kind, c.mean, c.n_crossed)
+        a first (0.5,) (2,)
+        a stable (1.5,) (2,)
     """
     if len(groups) != onsets.first.shape[1]:
         raise GltError(f"groups must label each of the {onsets.first.shape[1]} items, got {len(groups)}")
