@@ -17,8 +17,12 @@ Conventions:
   separately as ``lens_evals``;
 * the **stable onset** (at k = 1) is the first layer from which the lens agrees at every later
   layer (`glt._onsets.stable_onset`); it always exists because the final layer agrees with itself;
-* a **confidence policy** with threshold ``tau`` exits at the first layer whose lens top-1
-  probability (``readout.max_prob``) is ``>= tau``, and at the final layer if none is;
+* a **confidence policy** with threshold ``tau`` exits at the first layer at or after
+  ``min_exit_layer`` whose lens top-1 probability (``readout.max_prob``) is ``>= tau``, and at the
+  final layer if none is. It costs ``exit - min_exit_layer + 1`` lens evaluations. The logit lens
+  at the embeddings (layer 0) of models with tied embeddings mostly decodes the *input* token with
+  probability near 1 (Gemma 3 270M: every token), so with ``min_exit_layer=0`` the policy exits
+  there at once; raise ``min_exit_layer`` (or use a tuned lens) for a useful curve;
 * accuracy compares the exit layer's top-1 with ``gold`` (the true next token); rows with
   ``gold == -1`` have no gold and are left out of accuracies only (``n_gold`` counts the rest).
 """
@@ -43,6 +47,8 @@ __all__ = ["DEFAULT_TAUS", "EarlyExitResult", "early_exit", "saved_fraction"]
 DEFAULT_TAUS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
 _ALL = "all"
 _TABLES = ("policies", "onsets", "rows")
+_POLICY_COLUMNS = ("policy", "param", "exit_layer", "compute_saved", "agreement", "accuracy",
+                   "early_share", "lens_evals")
 
 
 def saved_fraction(exit_layer: Any, n_layers: int) -> Any:
@@ -74,7 +80,8 @@ class EarlyExitResult:
         exit_layers, fixed_agreement, fixed_accuracy: ``[group, exit]`` top-1 agreement with the
             final output and accuracy when every row exits at a fixed residual index.
         taus, tau_*: ``[group, tau]`` mean exit layer, compute saved, agreement, accuracy, share
-            of rows exiting before the final layer, and mean lens evaluations of the policy.
+            of rows exiting before the final layer, and mean lens evaluations of the policy
+            (which checks layers ``min_exit_layer .. n_layers`` only).
     """
 
     lens: str
@@ -98,6 +105,7 @@ class EarlyExitResult:
     fixed_agreement: Float[Tensor, "group exit"]
     fixed_accuracy: Float[Tensor, "group exit"]
     taus: tuple[float, ...]
+    min_exit_layer: int
     tau_exit_mean: Float[Tensor, "group tau"]
     tau_saved: Float[Tensor, "group tau"]
     tau_agreement: Float[Tensor, "group tau"]
@@ -131,55 +139,31 @@ class EarlyExitResult:
             )
         common = {"lens": self.lens, "model": self.model_name, "data_source": self.data_source}
         recs: list[dict[str, Any]] = []
+        nan, n = math.nan, self.n_layers
         for gi, g in enumerate(self.groups):
             base = {**common, "group": g, "n": self.n[gi], "n_gold": self.n_gold[gi]}
             if table == "onsets":
-                hist = self.onset_hist[gi].tolist()
-                for li, count in enumerate(hist):
-                    recs.append(
-                        {
-                            **base,
-                            "layer": li,
-                            "layer_label": self.layer_labels[li],
-                            "count": count,
-                            "share": count / self.n[gi] if self.n[gi] else math.nan,
-                            "onset_mean": float(self.onset_mean[gi]),
-                            "onset_median": float(self.onset_median[gi]),
-                            "onset_q25": float(self.onset_q25[gi]),
-                            "onset_q75": float(self.onset_q75[gi]),
-                        }
-                    )
+                summary = {"onset_mean": float(self.onset_mean[gi]), "onset_median": float(self.onset_median[gi]),
+                           "onset_q25": float(self.onset_q25[gi]), "onset_q75": float(self.onset_q75[gi])}
+                for li, count in enumerate(self.onset_hist[gi].tolist()):
+                    recs.append({**base, "layer": li, "layer_label": self.layer_labels[li], "count": count,
+                                 "share": count / self.n[gi], **summary})
                 continue
-            acc_f = float(self.final_accuracy[gi])
-            recs.append(
-                {**base, "policy": "final", "param": math.nan, "exit_layer": float(self.n_layers),
-                 "compute_saved": 0.0, "agreement": 1.0, "accuracy": acc_f, "early_share": 0.0,
-                 "lens_evals": 1.0}
-            )
-            recs.append(
-                {**base, "policy": "oracle_onset", "param": math.nan,
-                 "exit_layer": float(self.onset_mean[gi]), "compute_saved": float(self.onset_saved[gi]),
-                 "agreement": 1.0, "accuracy": acc_f, "early_share": 1.0 - float(self.onset_hist[gi, -1]) / max(self.n[gi], 1),
-                 "lens_evals": math.nan}
-            )
-            for ei, layer in enumerate(self.exit_layers):
-                recs.append(
-                    {**base, "policy": "fixed", "param": float(layer), "exit_layer": float(layer),
-                     "compute_saved": saved_fraction(layer, self.n_layers),
-                     "agreement": float(self.fixed_agreement[gi, ei]),
-                     "accuracy": float(self.fixed_accuracy[gi, ei]),
-                     "early_share": float(layer < self.n_layers), "lens_evals": 1.0}
-                )
-            for ti, tau in enumerate(self.taus):
-                recs.append(
-                    {**base, "policy": "confidence", "param": tau,
-                     "exit_layer": float(self.tau_exit_mean[gi, ti]),
-                     "compute_saved": float(self.tau_saved[gi, ti]),
-                     "agreement": float(self.tau_agreement[gi, ti]),
-                     "accuracy": float(self.tau_accuracy[gi, ti]),
-                     "early_share": float(self.tau_early_share[gi, ti]),
-                     "lens_evals": float(self.tau_lens_evals[gi, ti])}
-                )
+            acc = float(self.final_accuracy[gi])
+            early_oracle = 1.0 - float(self.onset_hist[gi, -1]) / self.n[gi]
+            rows = [("final", nan, n, 0.0, 1.0, acc, 0.0, 1.0),
+                    ("oracle_onset", nan, float(self.onset_mean[gi]), float(self.onset_saved[gi]), 1.0, acc,
+                     early_oracle, nan)]
+            rows += [("fixed", layer, layer, saved_fraction(layer, n), float(self.fixed_agreement[gi, ei]),
+                      float(self.fixed_accuracy[gi, ei]), float(layer < n), 1.0)
+                     for ei, layer in enumerate(self.exit_layers)]
+            rows += [("confidence", tau, *(float(t[gi, ti]) for t in (
+                self.tau_exit_mean, self.tau_saved, self.tau_agreement, self.tau_accuracy,
+                self.tau_early_share, self.tau_lens_evals))) for ti, tau in enumerate(self.taus)]
+            for row in rows:
+                rec = dict(zip(_POLICY_COLUMNS, row, strict=True))
+                rec["min_exit_layer"] = self.min_exit_layer if row[0] == "confidence" else nan
+                recs.append({**base, **rec})
         return pd.DataFrame(recs)
 
     def save(self, path: Any) -> Any:
@@ -296,10 +280,11 @@ def _first_true(reach: Bool[Tensor, "layer row"]) -> Int[Tensor, " row"]:
 def early_exit(
     readout: Readout,
     *,
-    gold: Int[Tensor, " row"] | Sequence[int] | None = None,
-    categories: Sequence[Any] | None = None,
+    gold: Tensor | Sequence[int] | None = None,
+    categories: Sequence[Any] | Tensor | None = None,
     taus: Sequence[float] = DEFAULT_TAUS,
     exit_layers: Sequence[int] | None = None,
+    min_exit_layer: int = 0,
     model_name: str = "",
     data_source: str = "",
 ) -> EarlyExitResult:
@@ -314,6 +299,7 @@ def early_exit(
             always added as the last group.
         taus: confidence thresholds in (0, 1] for the max-probability exit policy.
         exit_layers: residual indices for the fixed-exit table (default: every layer).
+        min_exit_layer: the first residual index the confidence policy may exit at.
         model_name, data_source: provenance recorded in the result.
 
     Returns:
@@ -345,6 +331,10 @@ def early_exit(
     g = _gold(gold, n_rows)
     tau_t = _taus(taus)
     exits = _exit_layers(exit_layers, n_layers)
+    if not isinstance(min_exit_layer, int) or not 0 <= min_exit_layer <= n_layers:
+        raise GltError(
+            f"min_exit_layer must be a residual index in [0, {n_layers}], got {min_exit_layer!r}"
+        )
     if not isinstance(model_name, str) or not isinstance(data_source, str):
         raise GltError("model_name and data_source must be strings (provenance labels)")
 
@@ -356,6 +346,7 @@ def early_exit(
     tau_exit = []
     for tau in tau_t:
         reach = mp >= tau
+        reach[:min_exit_layer] = False
         reach[-1] = True  # no confident layer: run the whole model
         tau_exit.append(_first_true(reach))
     rows = torch.arange(n_rows)
@@ -386,7 +377,7 @@ def early_exit(
             tau_stats[2, gi, ti] = _mean(agree[ex, rows], sel)
             tau_stats[3, gi, ti] = _mean(correct[ex, rows], gsel)
             tau_stats[4, gi, ti] = _mean(ex < n_layers, sel)
-            tau_stats[5, gi, ti] = _mean(ex.double() + 1, sel)
+            tau_stats[5, gi, ti] = _mean(ex.double() - min_exit_layer + 1, sel)
     return EarlyExitResult(
         lens=readout.lens,
         model_name=model_name,
@@ -409,6 +400,7 @@ def early_exit(
         fixed_agreement=fixed_agree,
         fixed_accuracy=fixed_acc,
         taus=tau_t,
+        min_exit_layer=min_exit_layer,
         tau_exit_mean=tau_stats[0],
         tau_saved=tau_stats[1],
         tau_agreement=tau_stats[2],

@@ -116,9 +116,10 @@ class PatchingResult:
     def to_dataframe(self, table: str = "layers", *, tolerance: int = 0) -> Any:
         """A tidy table: ``"layers"`` (pair x patched layer), ``"pairs"`` or ``"lens"``.
 
-        ``pairs`` has one row per pair: the transition layers, the lens layers, their difference
-        (``transition_stable - lens_options_stable``), ``disagrees`` (difference beyond
-        ``tolerance`` layers, or one side never settles) and ``valid`` (see `valid`).
+        ``pairs`` has one row per pair: the transition layers, the lens layers, the differences
+        ``transition_stable - lens_options_stable`` and ``transition_stable - lens_settle``,
+        ``disagrees`` (either difference beyond ``tolerance`` layers, or exactly one side never
+        settles) and ``valid`` (see `valid`).
         ``lens`` has one row per (pair, residual index) of the unpatched source read by the lens.
         """
         import pandas as pd
@@ -150,17 +151,18 @@ class PatchingResult:
                          "top1": int(self.lens_top1[p, layer])}
                     )
             else:
-                ts, ls = int(self.transition_stable[p]), int(self.lens_options_stable[p])
-                both = ts >= 0 and ls >= 0
-                diff = ts - ls if both else math.nan
-                disagrees = abs(ts - ls) > tolerance if both else (ts >= 0) != (ls >= 0)
+                ts = int(self.transition_stable[p])
+                lo, ls = int(self.lens_options_stable[p]), int(self.lens_settle[p])
+                d_opt, bad_opt = _compare(ts, lo, tolerance)
+                d_set, bad_set = _compare(ts, ls, tolerance)
                 recs.append(
                     {**common, "lens": self.lens, "pair": p, "target_text": self.target_texts[p],
                      "source_text": self.source_texts[p], "valid": bool(self.valid[p]),
                      "transition_first": int(self.transition_first[p]), "transition_stable": ts,
-                     "lens_options_first": int(self.lens_options_first[p]), "lens_options_stable": ls,
-                     "lens_settle": int(self.lens_settle[p]), "difference": diff,
-                     "disagrees": disagrees}
+                     "lens_options_first": int(self.lens_options_first[p]),
+                     "lens_options_stable": lo, "lens_settle": ls,
+                     "difference_options": d_opt, "difference_settle": d_set,
+                     "disagrees": bad_opt or bad_set}
                 )
         return pd.DataFrame(recs)
 
@@ -199,6 +201,13 @@ class PatchingResult:
             return cls(**kw)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise GltError(f"{path} is not a valid PatchingResult ({e}): rebuild it with save()") from e
+
+
+def _compare(patch: int, lens: int, tolerance: int) -> tuple[float, bool]:
+    """``(patch - lens, disagrees)``; -1 means "never", which disagrees with any real layer."""
+    if patch >= 0 and lens >= 0:
+        return float(patch - lens), abs(patch - lens) > tolerance
+    return math.nan, (patch >= 0) != (lens >= 0)
 
 
 def _nan(v: Any) -> Any:
@@ -298,6 +307,19 @@ def _patched_final(
     if "h" not in store:
         raise GltError(f"the hook {final_name} never ran: unsupported model")
     return store["h"]
+
+
+def _onsets_of(hit: Bool[Tensor, " patch"], layers: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """First and stable layer (from ``layers``) where ``hit`` holds; -1 if never.
+
+    Example:
+        >>> f, s = _onsets_of(torch.tensor([False, True, False, True]), [0, 2, 4, 6])
+        >>> int(f), int(s)
+        (2, 6)
+    """
+    miss = (~hit).long()[:, None]
+    lay = torch.tensor(list(layers) + [-1])  # index -1 (never) maps to -1
+    return lay[first_crossing(miss, 1)[0]], lay[stable_onset(miss, 1)[0]]
 
 
 def _pos(position: Any, lengths: tuple[int, int], p: int) -> tuple[int, int]:
@@ -423,18 +445,16 @@ def patch_layers(
         top1 = logp.argmax(-1)
         lens_top1 = lens_logp.argmax(-1)
         top1_tokens.append(tuple(tok.decode([i]) if tok is not None else str(i) for i in top1.tolist()))
-        lay = torch.tensor(layer_list)
-        first_j, stable_j = first_crossing((~on_src).long()[:, None], 1), stable_onset((~on_src).long()[:, None], 1)
+        t_first, t_stable = _onsets_of(on_src, layer_list)
+        o_first, o_stable = _onsets_of(l_on, range(n_layers + 1))
         vals = {
             "p_target": pt, "p_source": ps, "lands_on_source": on_src, "top1": top1,
             "clean_target_p": torch.stack([ct[0], cs[0]]), "clean_source_p": torch.stack([ct[1], cs[1]]),
             "clean_target_on_source": c_on[0], "clean_source_on_source": c_on[1],
-            "transition_first": torch.where(first_j >= 0, lay[first_j.clamp_min(0)], -1)[0],
-            "transition_stable": torch.where(stable_j >= 0, lay[stable_j.clamp_min(0)], -1)[0],
+            "transition_first": t_first, "transition_stable": t_stable,
             "lens_p_target": lt, "lens_p_source": ls, "lens_on_source": l_on, "lens_top1": lens_top1,
-            "lens_settle": stable_onset((lens_top1 != lens_top1[-1]).long()[:, None], 1)[0],
-            "lens_options_first": first_crossing((~l_on).long()[:, None], 1)[0],
-            "lens_options_stable": stable_onset((~l_on).long()[:, None], 1)[0],
+            "lens_settle": _onsets_of(lens_top1 == lens_top1[-1], range(n_layers + 1))[1],
+            "lens_options_first": o_first, "lens_options_stable": o_stable,
         }
         for k, v in vals.items():
             out.setdefault(k, []).append(v)
