@@ -227,7 +227,14 @@ def load_model(
         model = loader(name, folder, device, dtype)
     except GltError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
+    except Exception as e:
+        if folder is not None and cache_dir() in folder.parents:
+            raise GltError(
+                f"the cached model at {folder} is corrupted or incomplete ({type(e).__name__}: "
+                f"{str(e)[:200]}): delete that folder and load again to rebuild it"
+            ) from e
+        if not isinstance(e, (OSError, ValueError, KeyError, RuntimeError, NotImplementedError)):
+            raise
         raise GltError(
             f"model {name!r} could not be loaded ({type(e).__name__}: {str(e)[:300]}): pass "
             "'default', 'smollm2-135m', a .gguf path, a local Hugging Face folder, or a model "

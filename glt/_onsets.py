@@ -140,7 +140,14 @@ class OnsetCurve:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OnsetCurve":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """Inverse of `to_dict`; JSON nulls (NaN written by glt._io.write_json) become NaN."""
+
+        def conv(v: Any) -> Any:
+            if isinstance(v, list):
+                return tuple(float("nan") if x is None else x for x in v)
+            return v
+
+        return cls(**{k: conv(v) for k, v in d.items()})
 
 
 def _curve(group: str, kind: str, ks: tuple[int, ...], onset: Int[Tensor, "k n"]) -> OnsetCurve:

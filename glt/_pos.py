@@ -14,8 +14,11 @@ Two constructions:
   gives all of them.
 
 The prefix is the full text's tokens before the gold token (so the prefix tokenises exactly as
-inside the text). An item is *correct* when the final layer's top-1 equals the gold token; the
-paper keeps only those (``correct_only=True``). By default both are kept and reported apart, each
+inside the text, and a word after a stand-alone space token, such as Gemma's digits after
+``"▁"``, keeps that space in its prefix). Tags come from tagging the whole text, as in the paper.
+An item is *correct* when the final layer's top-1 equals the gold token; the paper keeps only
+those (``correct_only=True``). The paper also counted the word's first token with the other
+leading-space variant as correct; glt does not, since that token spells a different text. By default both are kept and reported apart, each
 with its N. Onsets (first crossing and stable, rank < k with 0-based ranks) follow `glt._onsets`;
 curves are labelled ``"{subset}/{label}"`` with subset ``correct``, ``incorrect`` or ``all`` and
 label a tag or a group (``function``: ADP AUX CCONJ DET PART PRON SCONJ; ``content``: ADJ ADV
@@ -79,6 +82,11 @@ class PosResult:
             read, items, distinct word types and gold tokens among items and correct items.
         churn: per subset, label and k: items, total entries into and exits from the top-k.
         skipped: ``(tag, reason, count)`` for everything not turned into an item.
+
+    Example:
+        >>> # res = glt.run_pos_study(model, lens)
+        >>> # res.curve("DET", subset="correct").mean   # mean first-crossing layer per k
+        >>> # res.summary_dataframe(k=1); res.candidates_dataframe(); res.save("pos.json")
     """
 
     model: str
@@ -143,6 +151,18 @@ class PosResult:
             }
         )
 
+    def candidates_dataframe(self) -> Any:
+        """Per tag: candidate words and gold tokens (the closed-class confound), with counts."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.candidates))
+
+    def churn_dataframe(self) -> Any:
+        """Per subset, label and k: items, entries into and exits from the top-k."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.churn))
+
     def curves_dataframe(self) -> Any:
         """Long table of the onset curves: subset, label, kind, k, n, n_crossed and statistics."""
         import pandas as pd
@@ -178,6 +198,7 @@ class PosResult:
         d["format"] = _FORMAT
         d["items"] = [list(it) for it in self.items]
         d["curves"] = [c.to_dict() for c in self.curves]
+        d["grouping"] = GROUPS
         return write_json(path, d)
 
     @classmethod

