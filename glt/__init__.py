@@ -3,26 +3,121 @@
 Capture the residual stream of a TransformerLens model, decode every layer with the logit or
 tuned lens, reduce the decoded distributions in one streamed pass, and run the Guess-then-Refine
 studies of Gupta et al. (arXiv 2510.18871) on any model.
+
+The pipeline, module by module: model loading (`load_model`) -> residual capture
+(`capture_residuals`) -> lenses (`LogitLens`, `TunedLens`) -> streamed read-out (`readout`) ->
+studies (`run_guess_then_refine`, `run_pos_study`, `run_fact_recall`, `run_multiple_choice`,
+`early_exit`, `patch_layers`) -> onsets and aggregation -> plots (`plot_*`) -> `glt study`.
 """
 
 from glt._capture import ResidualStack, capture_residuals, iter_residuals, tokenize
+from glt._corpus import wikipedia_paragraphs
+from glt._early_exit import EarlyExitResult, early_exit
 from glt._errors import GltError
+from glt._fact_data import Fact, load_facts
+from glt._facts import FactRecallResult, run_fact_recall
+from glt._frequency import TokenFrequency, load_frequency
+from glt._guess_refine import GuessRefineResult, run_guess_then_refine
 from glt._lens import LogitLens, Unembed
+from glt._mc_data import load_mc_dataset
 from glt._models import cache_dir, load_model
+from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
+from glt._onsets import (
+    K_GRID,
+    OnsetCurve,
+    Onsets,
+    aggregate_onsets,
+    compute_onsets,
+    first_crossing,
+    stable_onset,
+    topk_churn,
+)
+from glt._patching import PatchingResult, patch_layers
+from glt._plots import plot_onset_curves, plot_rank_curves, plot_side_by_side, plot_token_heatmap
+from glt._plots_gtr import (
+    plot_bucket_share,
+    plot_fact_onsets,
+    plot_fact_ranks,
+    plot_flip_rate,
+    plot_flip_split,
+    plot_pos_onsets,
+    plot_pos_ranks,
+    plot_rank_by_bucket,
+)
+from glt._plots_studies import (
+    plot_early_exit,
+    plot_mc_decision,
+    plot_mc_format,
+    plot_multiple_choice,
+    plot_patching,
+)
+from glt._pos import PosResult, run_pos_study
 from glt._readout import Readout, readout
+from glt._study import run_study
+from glt._train import train_tuned_lens
+from glt._tuned_lens import TunedLens, export_tuned_lens, import_tuned_lens, load_lens
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "K_GRID",
+    "EarlyExitResult",
+    "Fact",
+    "FactRecallResult",
     "GltError",
+    "GuessRefineResult",
     "LogitLens",
+    "MultipleChoiceResult",
+    "OnsetCurve",
+    "Onsets",
+    "PatchingResult",
+    "PosResult",
     "Readout",
     "ResidualStack",
+    "TokenFrequency",
+    "TunedLens",
     "Unembed",
+    "aggregate_onsets",
     "cache_dir",
     "capture_residuals",
+    "compute_onsets",
+    "early_exit",
+    "export_tuned_lens",
+    "first_crossing",
+    "import_tuned_lens",
     "iter_residuals",
+    "load_facts",
+    "load_frequency",
+    "load_lens",
+    "load_mc_dataset",
     "load_model",
+    "patch_layers",
+    "plot_bucket_share",
+    "plot_early_exit",
+    "plot_fact_onsets",
+    "plot_fact_ranks",
+    "plot_flip_rate",
+    "plot_flip_split",
+    "plot_mc_decision",
+    "plot_mc_format",
+    "plot_multiple_choice",
+    "plot_onset_curves",
+    "plot_patching",
+    "plot_pos_onsets",
+    "plot_pos_ranks",
+    "plot_rank_by_bucket",
+    "plot_rank_curves",
+    "plot_side_by_side",
+    "plot_token_heatmap",
     "readout",
+    "run_fact_recall",
+    "run_guess_then_refine",
+    "run_multiple_choice",
+    "run_pos_study",
+    "run_study",
+    "stable_onset",
     "tokenize",
+    "topk_churn",
+    "train_tuned_lens",
+    "wikipedia_paragraphs",
 ]

@@ -138,7 +138,7 @@ def inspect_text(
         "ranks": r.ranks[:, :, 0].tolist(),
         "topk": [
             [{"token": dec(i), "id": int(i), "prob": float(p)}
-             for i, p in zip(r.topk_ids[layer, pos].tolist(), probs[layer].tolist())]
+             for i, p in zip(r.topk_ids[layer, pos].tolist(), probs[layer].tolist(), strict=True)]
             for layer in range(r.ranks.shape[0])
         ],
     }
@@ -169,6 +169,10 @@ def format_inspect(data: dict[str, Any]) -> str:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from glt._models import load_model
 
+    if args.top_k < 1:
+        raise GltError(f"--top-k must be an integer >= 1, got {args.top_k}")
+    if not args.text.strip():
+        raise GltError(f"TEXT must be non-empty text, got {args.text!r}: pass e.g. 'The capital of France is'")
     model = load_model(args.model)
     lens = _load_lens(args.lens, model, args.lens_path)
     data = inspect_text(args.text, model=model, lens=lens, top_k=args.top_k, position=args.position)

@@ -70,6 +70,23 @@ def _check_edges(edges: Any) -> tuple[int, ...]:
     return out
 
 
+def _check_counts(counts: Any) -> Tensor:
+    try:
+        counts = torch.as_tensor(counts)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise GltError(f"counts must be integer occurrence counts, got {counts!r:.60} ({e})") from e
+    if counts.ndim != 1 or counts.numel() == 0 or counts.dtype.is_floating_point:
+        raise GltError(
+            f"counts must be a non-empty 1-D integer tensor [d_vocab], got dtype {counts.dtype} "
+            f"shape {tuple(counts.shape)}"
+        )
+    if bool((counts < 0).any()):
+        raise GltError("counts must be >= 0, got negative values: pass occurrence counts")
+    if int(counts.sum()) == 0:
+        raise GltError("counts are all zero (empty corpus): count a corpus with at least one token")
+    return counts.long().cpu()
+
+
 def _is_model(obj: Any) -> bool:
     return hasattr(obj, "cfg") and hasattr(obj, "tokenizer")
 
@@ -143,19 +160,7 @@ class TokenFrequency:
     _rank: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        counts = torch.as_tensor(self.counts)
-        if counts.ndim != 1 or counts.numel() == 0 or counts.dtype.is_floating_point:
-            raise GltError(
-                f"counts must be a non-empty 1-D integer tensor [d_vocab], got dtype {counts.dtype} "
-                f"shape {tuple(counts.shape)}"
-            )
-        if bool((counts < 0).any()):
-            raise GltError("counts must be >= 0, got negative values: pass occurrence counts")
-        if int(counts.sum()) == 0:
-            raise GltError(
-                "counts are all zero (empty corpus): count a corpus with at least one token"
-            )
-        counts = counts.long().cpu()
+        counts = _check_counts(self.counts)
         object.__setattr__(self, "counts", counts)
         object.__setattr__(self, "edges", _check_edges(self.edges))
         for name in ("special_ids", "whitespace_ids"):
@@ -174,7 +179,9 @@ class TokenFrequency:
     @classmethod
     def from_counts(cls, counts: Any, **kwargs: Any) -> "TokenFrequency":
         """Wrap ready-made counts (a list or integer tensor indexed by token id)."""
-        return cls(torch.as_tensor(counts), **kwargs)
+        if "edges" in kwargs:
+            kwargs["edges"] = _check_edges(kwargs["edges"])
+        return cls(_check_counts(counts), **kwargs)
 
     @classmethod
     def from_texts(
@@ -214,6 +221,7 @@ class TokenFrequency:
         from tqdm.auto import tqdm
 
         tok, d_vocab, name = _tokenizer_info(tokenizer)
+        edges = _check_edges(edges)
         if isinstance(texts, str):
             raise GltError("texts must be an iterable of strings, got one string: wrap it in a list")
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -252,7 +260,7 @@ class TokenFrequency:
         special, white = _special_and_whitespace(tok, d_vocab)
         return cls(
             counts,
-            edges=tuple(edges),
+            edges=edges,
             special_ids=tuple(special),
             whitespace_ids=tuple(white),
             exclude_special=exclude_special,
@@ -269,6 +277,8 @@ class TokenFrequency:
         bad = set(changes) - allowed
         if bad:
             raise GltError(f"with_options accepts {sorted(allowed)}, got {sorted(bad)}")
+        if "edges" in changes:
+            changes["edges"] = _check_edges(changes["edges"])
         return replace(self, **changes)
 
     @property

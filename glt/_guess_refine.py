@@ -64,7 +64,13 @@ class GuessRefineResult:
         early_layers: the layers pooled as "early" in `headline`.
         frequency: provenance of the frequency table.
         composition: share of the frequency corpus's tokens in each bucket.
-        counts: texts seen / used, and every skipped item with its reason.
+        counts: texts seen / used and every item not read, by reason: ``skipped_empty_text``,
+            ``skipped_too_short`` (no prefix with a next token), ``skipped_bos_only_prefix``,
+            ``skipped_beyond_context`` (positions past ``n_ctx``), ``n_no_gold_last_position``
+            (read, but left out of the gold split), ``unread_after_max_positions`` (positions
+            of the last text left unread at the cap), ``unread_after_max_positions_per_text``
+            and ``n_texts_unused`` (texts after the
+            cap; -1 when ``texts`` is an iterator of unknown length).
         text_index, pos_index: ``[n]`` which text and token position each prefix ends at.
         gold: ``[n]`` the true next token (-1 at a text's last position: none).
         top1: ``[layer, n]`` the lens top-1 (the last layer is the final top-1).
@@ -142,7 +148,12 @@ class GuessRefineResult:
 
     @property
     def gold_split(self) -> Int[Tensor, "layer bucket cls"]:
-        """Counts of `GOLD_CLASSES` per layer and bucket, over positions with a gold token."""
+        """Counts of `GOLD_CLASSES` per layer and bucket, over positions with a gold token.
+
+        Example:
+            >>> GOLD_CLASSES.index("right->wrong")  # the layer had the gold token, the output lost it
+            1
+        """
         g = self.has_gold
         right = self.top1[:, g] == self.gold[g]
         final_right = right[-1:].expand_as(right)
@@ -253,7 +264,8 @@ def _token_ids(model: Any, text: Any, i: int) -> list[int]:
 
 
 def _plan(
-    model: Any, texts: Iterable[Any], cuts: str, max_positions: int | None, seed: int
+    model: Any, texts: Iterable[Any], cuts: str, max_positions: int | None, seed: int,
+    per_text: int | None = None,
 ) -> tuple[list[tuple[int, list[int], int, list[int]]], dict[str, int]]:
     """Choose read positions: ``(text index, forward ids, first read pos, golds)`` per text."""
     tok = getattr(model, "tokenizer", None)
@@ -263,7 +275,7 @@ def _plan(
     counts = {"n_texts_seen": 0, "n_texts_used": 0, "skipped_empty_text": 0,
               "skipped_too_short": 0, "skipped_bos_only_prefix": 0, "skipped_beyond_context": 0,
               "n_no_gold_last_position": 0, "unread_after_max_positions": 0,
-              "n_texts_unused": 0}
+              "unread_after_max_positions_per_text": 0, "n_texts_unused": 0}
     plan, budget = [], max_positions if max_positions is not None else -1
     for i, text in enumerate(texts):
         if budget == 0:
@@ -288,6 +300,9 @@ def _plan(
         else:
             counts["skipped_bos_only_prefix"] += first
             counts["skipped_beyond_context"] += max(0, len(ids) - n_ctx)
+            if per_text is not None and last - first + 1 > per_text:
+                counts["unread_after_max_positions_per_text"] += last - first + 1 - per_text
+                last = first + per_text - 1
         take = last - first + 1 if budget < 0 else min(last - first + 1, budget)
         counts["unread_after_max_positions"] += last - first + 1 - take
         golds = [ids[p + 1] if p + 1 < len(ids) else -1 for p in range(first, first + take)]
@@ -303,8 +318,9 @@ def run_guess_then_refine(
     lens: Any,
     texts: Iterable[Any] | None = None,
     *,
-    frequency: TokenFrequency | None = None,
+    frequency: TokenFrequency | str | os.PathLike | None = None,
     max_positions: int | None = 1000,
+    max_positions_per_text: int | None = None,
     batch_size: int = 8,
     cuts: str = "all",
     seed: int = 0,
@@ -318,10 +334,14 @@ def run_guess_then_refine(
         model: a TransformerLens model (its tokenizer turns texts into ids as `glt.tokenize`).
         lens: a `glt.LogitLens`, a tuned lens, or any object with the lens contract.
         texts: strings or token id lists; default: the held-out Wikipedia paragraphs.
-        frequency: the `glt.TokenFrequency` table that defines the buckets; default: the shipped
-            table for the default model (other models must pass one).
+        frequency: the `glt.TokenFrequency` table that defines the buckets, or a name / folder
+            for `glt.load_frequency`; default: the shipped table for the default model (other
+            models must pass one).
         max_positions: stop after this many read positions (None: read everything); with
             ``cuts="all"`` the last text used may be read only in part.
+        max_positions_per_text: with ``cuts="all"``, read at most the first this many prefixes
+            of each text (their gold tokens still come from the whole text, so only a text's
+            true last position lacks one); None: every position.
         batch_size: texts per forward pass; memory stays flat (one batch of residuals at a time).
         cuts: ``"all"`` (every position is a prefix) or ``"random"`` (one random prefix length
             per text, the paper's protocol, with ``seed``).
@@ -344,6 +364,12 @@ def run_guess_then_refine(
         raise GltError(f"cuts must be 'all' or 'random', got {cuts!r}")
     if max_positions is not None and (not isinstance(max_positions, int) or max_positions < 1):
         raise GltError(f"max_positions must be a positive int or None, got {max_positions!r}")
+    if max_positions_per_text is not None and (
+        not isinstance(max_positions_per_text, int) or max_positions_per_text < 1
+    ):
+        raise GltError(
+            f"max_positions_per_text must be a positive int or None, got {max_positions_per_text!r}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GltError(f"batch_size must be a positive int, got {batch_size!r}")
     if not hasattr(lens, "unembed") or not hasattr(lens, "check_compatible"):
@@ -353,7 +379,10 @@ def run_guess_then_refine(
     early = tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None else tuple(early_layers)
     if not early or any(not isinstance(x, int) or not 0 <= x <= n_layers for x in early):
         raise GltError(f"early_layers must be residual indices in [0, {n_layers}], got {early_layers!r}")
-    frequency = _default_frequency(model) if frequency is None else frequency
+    if frequency is None:
+        frequency = _default_frequency(model)
+    elif isinstance(frequency, (str, os.PathLike)):
+        frequency = load_frequency(frequency)
     if not isinstance(frequency, TokenFrequency):
         raise GltError(f"frequency must be a glt.TokenFrequency, got {type(frequency).__name__}")
     if frequency.d_vocab != lens.unembed.d_vocab:
@@ -368,7 +397,7 @@ def run_guess_then_refine(
         texts, source = wikipedia_paragraphs("heldout"), source or f"{WIKI_SOURCE}, held-out paragraphs"
     if isinstance(texts, str):
         raise GltError("texts must be a list of texts, got one string: wrap it in a list")
-    plan, counts = _plan(model, texts, cuts, max_positions, seed)
+    plan, counts = _plan(model, texts, cuts, max_positions, seed, max_positions_per_text)
     if counts["n_texts_seen"] == 0:
         raise GltError("texts is empty: pass at least one text")
     if not plan:

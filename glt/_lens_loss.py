@@ -99,7 +99,7 @@ class _TiledKL(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         n_layer, rows, d = x.shape
         want_grad = ctx.needs_input_grad[0]
-        flat = x.detach().reshape(n_layer * rows, d).float()
+        flat = x.detach().reshape(n_layer * rows, d).to(W.dtype)  # cast once, not per tile
         dev = x.device
         lse_f, zp_f, ew, eb, top1 = final_stats(
             unembed, xf.detach(), tile, None if W.dtype == unembed.W.dtype else W

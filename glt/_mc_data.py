@@ -49,6 +49,8 @@ __all__ = [
     "MCDataset",
     "MCExample",
     "MCPrompt",
+    "check_permute_symbols",
+    "control_prompts",
     "derangement",
     "example_from_row",
     "format_mc_prompt",
@@ -97,7 +99,7 @@ class MCExample:
     """
 
     question: str
-    choices: tuple[str, ...]
+    choices: Sequence[str]
     answer: int
     subject: str = ""
     id: str = ""
@@ -129,11 +131,23 @@ class MCPrompt:
     """A rendered prompt: its text (ending in the cue), option symbols and contents, gold index."""
 
     text: str
-    symbols: tuple[str, ...]
-    contents: tuple[str, ...]
+    symbols: Sequence[str]
+    contents: Sequence[str]
     answer: int
     id: str = ""
     n_shots: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.symbols)
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise GltError(f"prompt {self.id!r}: text must be a non-empty string, got {self.text!r:.60}")
+        if n < 2 or len(self.contents) != n:
+            raise GltError(f"prompt {self.id!r}: needs >= 2 symbols and one content per symbol, got "
+                           f"{len(self.symbols)} symbols and {len(self.contents)} contents")
+        if isinstance(self.answer, bool) or not isinstance(self.answer, int) or not 0 <= self.answer < n:
+            raise GltError(f"prompt {self.id!r}: answer must be an int index in [0, {n}), got {self.answer!r}")
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        object.__setattr__(self, "contents", tuple(self.contents))
 
 
 @dataclass(frozen=True)
@@ -199,7 +213,7 @@ def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
     return row[key]
 
 
-def example_from_row(task: str, row: Mapping[str, Any], *, id: str = "") -> MCExample:
+def example_from_row(task: str, row: Any, *, id: str = "") -> MCExample:
     """Validate a dataset row and turn it into an `MCExample` (GltError on a bad row).
 
     MMLU rows need ``question``, ``choices`` (exactly four) and ``answer`` (0-3); GLUE rows need
@@ -378,3 +392,52 @@ def format_mc_prompt(example: MCExample, shots: Sequence[MCExample] = (), *, tas
     parts = [_render(spec, s, symbols, True) for s in shots] + [_render(spec, example, symbols, False)]
     return MCPrompt("\n\n".join(parts), symbols, example.choices, example.answer, example.id, len(shots))
 
+
+
+_RELABEL = ("W", "X", "Y", "Z")
+
+
+def check_permute_symbols(permute: Any) -> tuple[str, tuple[str, ...] | None] | None:
+    """Parse ``permute_symbols``: None (no control), ``("relabel", symbols)`` or ``("shuffle", None)``."""
+    if permute is False or permute is None:
+        return None
+    if permute is True or permute == "relabel":
+        return "relabel", None
+    if permute == "shuffle":
+        return "shuffle", None
+    if (isinstance(permute, Sequence) and not isinstance(permute, str) and permute
+            and all(isinstance(s, str) for s in permute)):
+        return "relabel", tuple(permute)
+    raise GltError(f"permute_symbols must be False, True, 'relabel', 'shuffle' or a list of "
+                   f"symbols, got {permute!r}")
+
+
+def control_prompts(task: str, pairs: Sequence[tuple[MCExample, Sequence[MCExample]]],
+                    permute_symbols: Any, *, seed: int = 0) -> tuple[list[MCPrompt], str]:
+    """Prompts for the option-symbol control, and a description of it.
+
+    ``"relabel"`` (or True) writes the options with other symbols (W, X, Y, Z by default, or the
+    given list); ``"shuffle"`` deranges every question's contents across the unchanged symbols
+    (shots included; for a binary task this swaps the label words).
+
+    Example:
+        >>> ex = MCExample("Review: fine", ("negative", "positive"), 1)
+        >>> p, mode = control_prompts("sst2", [(ex, [])], "shuffle")
+        >>> p[0].symbols[p[0].answer], p[0].contents[p[0].answer], mode
+        ('negative', 'positive', 'shuffle (seed 0)')
+    """
+    parsed = check_permute_symbols(permute_symbols)
+    if parsed is None:
+        raise GltError("permute_symbols is False: there is no control to build")
+    mode, symbols = parsed
+    out, rng = [], random.Random(seed)
+    for ex, shots in pairs:
+        if mode == "relabel":
+            syms = symbols or _RELABEL[: len(ex.choices)]
+            out.append(format_mc_prompt(ex, shots, task=task, symbols=syms))
+        else:
+            perm = [permute_example(e, derangement(len(e.choices), rng)) for e in (*shots, ex)]
+            out.append(format_mc_prompt(perm[-1], perm[:-1], task=task))
+    if mode == "relabel":
+        return out, f"relabel {','.join(out[0].symbols) if out else ''}"
+    return out, f"shuffle (seed {seed})"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt._capture import capture_residuals, tokenize
@@ -38,12 +38,12 @@ from glt._mc_data import (
     MC_TASKS,
     MCExample,
     MCPrompt,
-    derangement,
+    check_permute_symbols,
+    control_prompts,
     example_from_row,
     format_mc_prompt,
     load_mc_dataset,
     mmlu_shots,
-    permute_example,
     split_binary_shots,
 )
 from glt._models import model_name
@@ -60,7 +60,6 @@ from glt._readout import readout
 
 __all__ = ["MultipleChoiceResult", "run_multiple_choice"]
 
-_RELABEL = ("W", "X", "Y", "Z")
 _TENSORS = {"option_tokens": torch.long, "content_tokens": torch.long, "gold": torch.long,
             "option_ranks": torch.long, "option_logprobs": torch.float32,
             "content_ranks": torch.long, "content_logprobs": torch.float32, "final_top1": torch.long}
@@ -79,6 +78,15 @@ class MultipleChoiceResult:
             top-1 token at the final layer.
         skipped: ``(item id, reason)`` for every item left out; ``control``: the permutation
             control run (None when none was asked for).
+
+    Derived measures (``choice``, ``decision_rank``, ``format_rank``, ``option_mass``, ...) are
+    properties; ``summary()``, ``curves()``, ``item_table()`` and ``to_dataframe()`` tabulate them
+    with the N behind every number.
+
+    Example:
+        >>> # res = glt.run_multiple_choice(model, lens, task="sst2", n_items=40, permute_symbols=True)
+        >>> # res.summary().query("group == 'all'")[["run", "n", "accuracy", "decision_stable_median"]]
+        >>> # res.curves().query("measure == 'option_mass'")  # median and quartiles per layer
     """
 
     task: str
@@ -113,7 +121,7 @@ class MultipleChoiceResult:
         return self.option_logprobs[-1].argmax(-1)
 
     @property
-    def correct(self) -> Tensor:
+    def correct(self) -> Bool[Tensor, " item"]:
         return self.choice == self.gold
 
     @property
@@ -133,7 +141,7 @@ class MultipleChoiceResult:
         return (lp > chosen).sum(-1)
 
     @property
-    def decision_agree(self) -> Tensor:
+    def decision_agree(self) -> Bool[Tensor, "layer item"]:
         """``[layer, item]`` whether the layer's choice among the options is the final one."""
         return self.layer_choice == self.choice[None]
 
@@ -148,7 +156,7 @@ class MultipleChoiceResult:
         return self.option_logprobs.exp().sum(-1)
 
     @property
-    def top1_is_option(self) -> Tensor:
+    def top1_is_option(self) -> Bool[Tensor, " item"]:
         """``[item]`` whether the model's unconstrained final top-1 is one of the options."""
         return (self.final_top1[:, None] == self.option_tokens).any(-1)
 
@@ -301,20 +309,6 @@ class MultipleChoiceResult:
         return cls.from_dict(read_json(path, "multiple-choice result"))
 
 
-def _control_mode(permute: Any) -> tuple[str, tuple[str, ...] | None] | None:
-    if permute is False or permute is None:
-        return None
-    if permute is True or permute == "relabel":
-        return "relabel", None
-    if permute == "shuffle":
-        return "shuffle", None
-    if isinstance(permute, Sequence) and not isinstance(permute, str) and permute \
-            and all(isinstance(s, str) for s in permute):
-        return "relabel", tuple(permute)
-    raise GltError(f"permute_symbols must be False, True, 'relabel', 'shuffle' or a list of symbols, "
-                   f"got {permute!r}")
-
-
 def _collect(task: str, items: Any, n_items: int, shots: int, seed: int) -> tuple[list[Any], list, str]:
     """``(entries, skipped, source)``; an entry is an MCPrompt or ``(example, shot examples)``."""
     skipped: list[tuple[str, str]] = []
@@ -358,47 +352,28 @@ def _collect(task: str, items: Any, n_items: int, shots: int, seed: int) -> tupl
     return entries, skipped, source + (f"; {shots} shots" if shots else "; zero-shot")
 
 
-def _render(task: str, entries: list[Any], control: tuple[str, Any] | None, seed: int) -> tuple[list[MCPrompt], str]:
-    if control is None:
-        return [e if isinstance(e, MCPrompt) else format_mc_prompt(e[0], e[1], task=task) for e in entries], "original"
-    if any(isinstance(e, MCPrompt) for e in entries):
-        raise GltError("permute_symbols needs MCExample or row items (an MCPrompt is already rendered): "
-                       "pass examples, or permute_symbols=False")
-    mode, symbols = control
-    out, rng = [], random.Random(seed)
-    for ex, shots in entries:
-        if mode == "relabel":
-            syms = symbols or _RELABEL[: len(ex.choices)]
-            out.append(format_mc_prompt(ex, shots, task=task, symbols=syms))
-        else:
-            perm = [permute_example(e, derangement(len(e.choices), rng)) for e in (*shots, ex)]
-            out.append(format_mc_prompt(perm[-1], perm[:-1], task=task))
-    desc = f"relabel {','.join(out[0].symbols)}" if mode == "relabel" else f"shuffle (seed {seed})"
-    return out, desc
-
-
 def _evaluate(model: Any, lens: Any, prompts: list[MCPrompt], skipped: list, bar: Any, batch_size: int,
               meta: dict[str, Any]) -> MultipleChoiceResult:
-    cache: dict[tuple[str, int], int] = {}
+    cache: dict[str, list[int]] = {}
 
-    def tok(text: str, pos: int) -> int:
-        if (text, pos) not in cache:
-            cache[text, pos] = tokenize(model, " " + text, prepend_bos=False)[0][pos]
-        return cache[text, pos]
+    def tok(text: str) -> list[int]:
+        if text not in cache:
+            cache[text] = tokenize(model, " " + text, prepend_bos=False)[0]
+        return cache[text]
 
     rows, multi = [], set()
     for p in prompts:
         try:
             ids = tokenize(model, p.text)[0]
-            opt = [tok(s, -1) for s in p.symbols]
-            con = [tok(c, 0) for c in p.contents]
+            opt = [tok(s)[-1] for s in p.symbols]
+            con = [tok(c)[0] for c in p.contents]
         except GltError as e:
-            skipped.append((p.id, str(e)))
+            skipped.append((p.id, f"could not be tokenised: {e}"))
             continue
         if len(set(opt)) != len(opt):
             skipped.append((p.id, f"option symbols {p.symbols} share a last token {opt}: use distinct symbols"))
             continue
-        multi.update(s for s in p.symbols if len(tokenize(model, " " + s, prepend_bos=False)[0]) > 1)
+        multi.update(s for s in p.symbols if len(tok(s)) > 1)
         rows.append((p, ids, opt, con))
     if not rows:
         first = skipped[0][1] if skipped else "no items"
@@ -469,10 +444,15 @@ def run_multiple_choice(model: Any, lens: Any, items: Sequence[Any] | None = Non
             raise GltError(f"{name} must be an int >= {lo}, got {v!r}")
     if task == "mmlu" and shots > 5:
         raise GltError(f"shots must be <= 5 for mmlu (5 dev rows per subject), got {shots}")
-    control = _control_mode(permute_symbols)
+    control = check_permute_symbols(permute_symbols) is not None
     entries, skipped, source = _collect(task, items, n_items, shots, seed)
-    main_prompts, _ = _render(task, entries, None, seed)
-    ctrl_prompts, mode = _render(task, entries, control, seed) if control else ([], "")
+    main_prompts = [e if isinstance(e, MCPrompt) else format_mc_prompt(*e, task=task) for e in entries]
+    ctrl_prompts, mode = [], ""
+    if control:
+        if any(isinstance(e, MCPrompt) for e in entries):
+            raise GltError("permute_symbols needs MCExample or row items (an MCPrompt is already "
+                           "rendered): pass examples, or permute_symbols=False")
+        ctrl_prompts, mode = control_prompts(task, entries, permute_symbols, seed=seed)
     from tqdm.auto import tqdm
 
     n_batches = sum(-(-len(p) // batch_size) for p in (main_prompts, ctrl_prompts))

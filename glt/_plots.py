@@ -118,7 +118,7 @@ def plot_rank_curves(
         fig, axes = new_axes(ax)
         colors = category_colors(len(groups))
         n_layers = None
-        for color, (name, r) in zip(colors, groups.items()):
+        for color, (name, r) in zip(colors, groups.items(), strict=True):
             if r.ndim != 2 or r.shape[1] == 0:
                 continue
             med, q25, q75 = rank_quantiles(r)
@@ -182,6 +182,15 @@ def plot_onset_curves(
     Returns:
         The figure (new axes) or the given axes. Line x-data are the curves' ``stat`` values and
         y-data their ``ks``.
+
+    Example:
+        >>> import torch
+        >>> from glt._onsets import aggregate_onsets, compute_onsets
+        >>> ranks = torch.tensor([[9, 0], [0, 0]])  # [layer, item]
+        >>> curves = aggregate_onsets(compute_onsets(ranks, ks=(1, 10)), ["DET", "DET"])
+        >>> line = plot_onset_curves(curves, kind="first").axes[0].lines[0]
+        >>> line.get_xdata().tolist(), line.get_ydata().tolist(), line.get_label()
+        ([0.5, 0.0], [1.0, 10.0], 'DET (N=2)')
     """
     if kind not in ("first", "stable", "both"):
         raise GltError(f"kind must be 'first', 'stable' or 'both', got {kind!r}")
@@ -196,7 +205,7 @@ def plot_onset_curves(
     n_layers = n_layers or getattr(result, "n_layers", None)
     with glt_style():
         fig, axes = new_axes(ax)
-        colors = dict(zip(names, category_colors(len(names))))
+        colors = dict(zip(names, category_colors(len(names)), strict=True))
         top = 0.0
         for c in curves:
             if c.group not in colors or c.kind not in kinds:
@@ -266,6 +275,11 @@ def plot_token_heatmap(
 
     Returns:
         The figure (new axes) or the given axes. The image array is ``[layer, position]``.
+
+    Example:
+        >>> # r = glt.readout(glt.capture_residuals(model, ["The capital of France is"]), lens)
+        >>> # fig = plot_token_heatmap(r, tokenizer=model.tokenizer)
+        >>> # fig.savefig("heatmap.png")
     """
     if color not in ("prob", "rank"):
         raise GltError(f"color must be 'prob' or 'rank', got {color!r}")
@@ -332,6 +346,11 @@ def plot_side_by_side(
 
     Returns:
         The figure, with one axes per result (plus any colour bars).
+
+    Example:
+        >>> # logit = glt.run_guess_then_refine(model, glt.LogitLens.from_model(model))
+        >>> # tuned = glt.run_guess_then_refine(model, glt.load_lens("default", model))
+        >>> # fig = plot_side_by_side(logit, tuned)  # two bucket-share panels
     """
     if type(left) is not type(right):
         raise GltError(
@@ -355,7 +374,7 @@ def plot_side_by_side(
     with glt_style():
         fig = Figure(figsize=figsize or (12.0, 4.2), layout="constrained")
         axes = fig.subplots(1, 2, sharey=sharey)
-        for a, res, i in zip(axes, (left, right), range(2)):
+        for a, res, i in zip(axes, (left, right), range(2), strict=True):
             plot(res, ax=a, **kwargs)
             name = titles[i] if titles else f"{getattr(res, 'lens', getattr(res, 'lens_name', ''))} lens"
             a.set_title(f"{name}: {a.get_title()}" if not titles else name)

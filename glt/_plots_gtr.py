@@ -27,6 +27,8 @@ from glt._style import (
 
 __all__ = [
     "plot_bucket_share",
+    "plot_fact_onsets",
+    "plot_fact_ranks",
     "plot_flip_rate",
     "plot_flip_split",
     "plot_pos_onsets",
@@ -53,7 +55,7 @@ def plot_bucket_share(result: Any, *, ax: Any = None, title: str | None = None) 
     with glt_style():
         fig, axes = new_axes(ax, figsize=(7.2, 4.0))
         bottom = np.zeros(n_layer)
-        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b))):
+        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b), strict=True)):
             axes.bar(x, share[:, b], bottom=bottom, color=color, width=0.82, label=label,
                      edgecolor="white", linewidth=0.4)
             bottom += share[:, b]
@@ -85,8 +87,8 @@ def plot_flip_rate(result: Any, *, ax: Any = None, min_n: int = 10, title: str |
     n_layer, n_b = rate.shape
     width = 0.84 / n_b
     with glt_style():
-        fig, axes = new_axes(ax, figsize=(9.0, 4.0))
-        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b))):
+        fig, axes = new_axes(ax, figsize=(10.0, 4.0))
+        for b, (label, color) in enumerate(zip(result.bucket_labels, bucket_colors(n_b), strict=True)):
             ok = counts[:, b] >= min_n
             h = np.where(ok, np.nan_to_num(rate[:, b]), 0.0)
             x = np.arange(n_layer) - 0.42 + width * (b + 0.5)
@@ -95,8 +97,8 @@ def plot_flip_rate(result: Any, *, ax: Any = None, min_n: int = 10, title: str |
         axes.set_ylabel("flip rate (top-1 differs from the final top-1)")
         set_layer_axis(axes, n_layer - 1)
         axes.grid(axis="x", visible=False)
-        axes.legend(title="bucket of the layer's top-1 (N = top-1s over all layers)", fontsize=7.5,
-                    title_fontsize=8, loc="lower left")
+        axes.legend(title="bucket of the layer's top-1\n(N = top-1s over all layers)", fontsize=8,
+                    title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         axes.text(1.0, 1.0, f"bars on < {min_n} tokens omitted", transform=axes.transAxes,
                   ha="right", va="bottom", fontsize=7.5, color=OKABE_ITO["grey"])
         axes.set_title(title or f"Flip rate per bucket ({result.lens} lens)", loc="left")
@@ -154,8 +156,9 @@ def plot_flip_split(result: Any, *, axes: Sequence[Any] | None = None, min_n: in
         else:
             fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center",
                        title="layer -> final vs gold")
-            fig.suptitle(f"Refinement against the gold token ({result.lens} lens; layers with "
-                         f"< {min_n} tokens left empty)", fontsize=10.5)
+            fig.suptitle(f"Refinement against the gold token, per bucket of the layer's top-1 "
+                         f"({result.lens} lens; N = top-1s with a gold token over all layers; "
+                         f"layers with < {min_n} left empty)", fontsize=10)
     return fig if fig is not None else axes
 
 
@@ -222,5 +225,53 @@ def plot_pos_ranks(result: Any, *, labels: Sequence[str] | None = None, subset: 
                             title=title or f"Part of speech: rank of the next word over depth ({subset} items)")
 
 
+def _fact_groups(result: Any, outcome: str) -> list[tuple[int, int]]:
+    if outcome not in ("correct", "incorrect"):
+        raise GltError(f"outcome must be 'correct' or 'incorrect', got {outcome!r}")
+    pairs = sorted({(int(n), int(j)) for n, j in zip(as_numpy(result.row_length), as_numpy(result.row_position), strict=True)})
+    return pairs
+
+
+def plot_fact_onsets(result: Any, *, kind: str = "first", outcome: str = "correct", ax: Any = None,
+                     title: str | None = None) -> Any:
+    """Onset-vs-k curves per (answer length n, answer token j) from a `glt.FactRecallResult`.
+
+    Args:
+        result: a `glt.FactRecallResult`.
+        kind: ``"first"`` (the paper's first crossing), ``"stable"`` or ``"both"``.
+        outcome: ``"correct"`` (final top-1 = gold; the paper's) or ``"incorrect"`` tokens.
+        ax, title: axes to draw into (default a new figure) and its title.
+
+    Returns:
+        The figure or the given axes; each line is one curve of ``result.curves`` (x = mean onset,
+        y = k), labelled ``n=<length> token <j+1>``.
+    """
+    curves = []
+    for n, j in _fact_groups(result, outcome):
+        for c in result.curves:
+            if c.group == f"len{n}/pos{j}/{outcome}":
+                curves.append(type(c)(**{**c.to_dict(), "group": f"n={n} token {j + 1}"}))
+    if not curves:
+        raise GltError(f"no {outcome} answer tokens in the result: try outcome='incorrect'")
+    return plot_onset_curves(curves, kind=kind, n_layers=result.n_layers, ax=ax,
+                             title=title or f"Fact recall: earliest layer in the top-k ({outcome} "
+                             f"tokens, {'first crossing' if kind == 'first' else kind}, {result.lens} lens)")
+
+
+def plot_fact_ranks(result: Any, *, outcome: str = "correct", ax: Any = None, title: str | None = None) -> Any:
+    """Rank of each answer token over depth per (answer length n, token j): median, IQR band."""
+    ranks = as_numpy(result.ranks)
+    ok = as_numpy(result.correct).astype(bool)
+    ok = ok if outcome == "correct" else ~ok
+    ln, pos = as_numpy(result.row_length), as_numpy(result.row_position)
+    groups = {f"n={n} token {j + 1}": ranks[:, (ln == n) & (pos == j) & ok]
+              for n, j in _fact_groups(result, outcome) if ((ln == n) & (pos == j) & ok).any()}
+    if not groups:
+        raise GltError(f"no {outcome} answer tokens in the result: try outcome='incorrect'")
+    return plot_rank_curves(groups, ax=ax, lens=result.lens,
+                            title=title or f"Fact recall: rank of the answer token ({outcome} tokens)")
+
+
+register_plot("FactRecallResult", plot_fact_onsets)
 register_plot("GuessRefineResult", plot_bucket_share)
 register_plot("PosResult", plot_pos_onsets)

@@ -54,10 +54,10 @@ def _mc_lines(result: Any, measure: str, groups: Sequence[str], control: bool, a
     runs = ["main"] + (["control"] if control and result.control is not None else [])
     with glt_style():
         fig, axes = new_axes(ax)
-        colors = dict(zip(groups, category_colors(len(groups))))
+        colors = dict(zip(groups, category_colors(len(groups)), strict=True))
         n_layers = len(result.layer_labels) - 1
         for run in runs:
-            for g in groups:
+            for g in groups if run == "main" else [g for g in groups if g == "all"] or groups[:1]:
                 d = df[(df["run"] == run) & (df["group"] == g)].sort_values("layer")
                 if d.empty or int(d["n"].iloc[0]) == 0:
                     continue
@@ -83,7 +83,7 @@ def _mc_lines(result: Any, measure: str, groups: Sequence[str], control: bool, a
             axes.set_ylim(-0.02, 1.02)
         set_layer_axis(axes, n_layers)
         axes.set_ylabel(label if measure != "format_inside" else label.replace("top-k", f"top-{result.top_k_format}"))
-        axes.legend(fontsize=7.5)
+        axes.legend(fontsize=7.5, loc="best")
         axes.set_title(title)
     return fig if ax is None else ax
 
@@ -105,7 +105,8 @@ def plot_mc_format(
             ``"format_inside"`` (share of items with every option in the top-k) or
             ``"format_rank"`` (median worst option rank, 1-based, log axis).
         groups: any of ``"all"``, ``"correct"``, ``"incorrect"``.
-        control: also draw the permutation control (dotted) when the result holds one.
+        control: also draw the permutation control (dotted; group ``all`` only, or the first
+            group) when the result holds one.
         ax: axes to draw into; default a new figure.
         title: axes title.
 
@@ -191,11 +192,14 @@ def plot_early_exit(
     xs = as_numpy(result.tau_saved)
     with glt_style():
         fig, axes = new_axes(ax)
-        colors = category_colors(len(names))
-        for color, g in zip(colors, names):
-            gi = result.groups.index(g)
+        cats = [g for g in names if g != "all"]
+        colors = dict(zip(cats, category_colors(len(cats)), strict=True))
+        colors["all"] = OKABE_ITO["black"]
+        for g in names:
+            gi, color = result.groups.index(g), colors[g]
             n = result.n_gold[gi] if metric == "accuracy" else result.n[gi]
-            axes.plot(xs[gi], ys[gi], color=color, marker="o", ms=3.5, label=with_n(g, n))
+            axes.plot(xs[gi], ys[gi], color=color, marker="o", ms=3.5, label=with_n(g, n),
+                      lw=2.6 if g == "all" else 1.6, zorder=3 if g == "all" else 2)
             if metric == "agreement":
                 axes.plot([float(result.onset_saved[gi])], [1.0], marker="*", ms=11, color=color,
                           ls="none", mec="white", mew=0.6)

@@ -3,35 +3,44 @@
 For each read position ("row") and each residual index ("layer") glt needs the rank and
 log-probability of one or more target tokens, the top-k tokens, the entropy and
 KL(final || layer). Materialising ``[layer, rows, d_vocab]`` logits costs gigabytes; instead the
-read-out walks the vocabulary in tiles and keeps running reductions (an online log-sum-exp), so
-peak extra memory is one ``[layer, rows_chunk, vocab_tile]`` tile.
+read-out walks the vocabulary in cache-sized tiles and keeps running reductions (an online
+log-sum-exp), so peak extra memory is a few ``[layer * row_chunk, vocab_tile]`` tiles per worker
+thread, whatever the number of prompts. The kernel lives in `glt._readout_kernel`.
 
 Conventions:
 
 * rank is **0-based** and counts the tokens with a **strictly greater** logit (so the top-1 has
   rank 0 and tied tokens share the best rank); no sort is ever done;
+* ranks, top-k ids and target log-probabilities are **exact**: the logits deciding them are
+  evaluated in float64 (products of the float32 operands, which are exact, summed by a fixed
+  tree), so tile sizes, threads and devices never change them; only tokens within the float32
+  rounding bound of a target are re-evaluated (see `glt._readout_kernel`);
 * the default target is the final layer's top-1, the lowest token id among the maximal logits;
-* logits are accumulated in float32 whatever the residual dtype;
+  top-k lists break ties by lowest id too;
+* log-sum-exp, entropy and KL accumulate float32 tiles into float64 sums;
+* with a soft-capped model, ranks and top-k order use the pre-cap logits (the cap is strictly
+  increasing, so the order is the same without its float32 ties);
 * KL(final || layer) is 0 at the final layer by definition.
-
-Ranks are exact with respect to the tile's float32 logits: each target's logit is first
-estimated by a small matmul, tokens clearly above it are counted per tile, and the few tokens in
-a narrow band around it are compared with the target's own tile logit at the end.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from glt._capture import ResidualStack
 from glt._errors import GltError
+from glt._readout_kernel import chunk_stats, resolve_matmul_dtype
 
 __all__ = ["Readout", "readout", "select_rows"]
 
-_EPS32 = float(torch.finfo(torch.float32).eps)
+_CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
+_CPU_TILE_ROWS = 320  # layer * rows per tile on CPU
+
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,14 +92,18 @@ class Readout:
         """Join read-outs over rows (``batch_offsets`` shifts each part's batch index)."""
         if not parts:
             raise GltError("concat needs at least one Readout")
-        offsets = batch_offsets or [0] * len(parts)
+        offsets = list(batch_offsets) if batch_offsets is not None else [0] * len(parts)
+        if len(offsets) != len(parts):
+            raise GltError(
+                f"batch_offsets must give one offset per part ({len(parts)}), got {len(offsets)}"
+            )
         out: dict[str, Any] = {}
         for f in fields(Readout):
             vals = [getattr(p, f.name) for p in parts]
             if f.name in ("layer_labels", "lens"):
                 out[f.name] = vals[0]
             elif f.name == "batch_index":
-                out[f.name] = torch.cat([v + o for v, o in zip(vals, offsets)])
+                out[f.name] = torch.cat([v + o for v, o in zip(vals, offsets, strict=True)])
             else:
                 dim = 1 if vals[0].ndim >= 2 and f.name not in ("targets",) else 0
                 out[f.name] = torch.cat(vals, dim)
@@ -169,123 +182,6 @@ def select_rows(
     return torch.arange(mask.shape[0], device=mask.device), pos.long()
 
 
-def _final_pass(
-    unembed: Any, xf: Float[Tensor, "row d_model"], tile: int
-) -> tuple[Tensor, Tensor]:
-    """Log-sum-exp and top-1 (lowest id among ties) of the final layer."""
-    rows = xf.shape[0]
-    m = torch.full((rows,), -torch.inf, device=xf.device)
-    s = torch.zeros(rows, device=xf.device)
-    best = torch.full((rows,), -torch.inf, device=xf.device)
-    arg = torch.zeros(rows, dtype=torch.long, device=xf.device)
-    for a in range(0, unembed.d_vocab, tile):
-        z = unembed.logits_of_normed(xf, a, a + tile)
-        tmax, targ = z.max(-1)
-        better = tmax > best
-        arg = torch.where(better, targ + a, arg)
-        best = torch.where(better, tmax, best)
-        m_new = torch.maximum(m, tmax)
-        s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(-1)
-        m = m_new
-    return m + torch.log(s), arg
-
-
-def _chunk_stats(
-    unembed: Any,
-    x: Float[Tensor, "layer row d_model"],
-    targets: Int[Tensor, "row target"],
-    top_k: int,
-    tile: int,
-) -> dict[str, Tensor]:
-    n_layer, rows, d_model = x.shape
-    n_t = targets.shape[1]
-    dev = x.device
-    lse_f, _ = _final_pass(unembed, x[-1], tile)
-    flat = x.reshape(n_layer * rows, d_model)
-
-    # estimated target logits and a rigorous-in-practice error band for the rank count
-    w_t = unembed.W[targets].float()  # [row, target, d_model]
-    t_est = torch.einsum("lrd,rtd->lrt", x, w_t)
-    scale = torch.einsum("lrd,rtd->lrt", x.abs(), w_t.abs())
-    if unembed.b is not None:
-        t_est = t_est + unembed.b[targets].float()
-    if unembed.softcap is not None:
-        t_est = torch.tanh(t_est / unembed.softcap) * unembed.softcap
-    tol = 64 * _EPS32 * (scale + t_est.abs()) + 1e-30
-    hi, lo = t_est + tol, t_est - tol
-
-    m = torch.full((n_layer, rows), -torch.inf, device=dev)
-    s = torch.zeros(n_layer, rows, device=dev)
-    e = torch.zeros(n_layer, rows, device=dev)
-    cross = torch.zeros(n_layer, rows, device=dev)
-    count = torch.zeros(n_layer, rows, n_t, dtype=torch.long, device=dev)
-    t_exact = torch.full((n_layer, rows, n_t), torch.nan, device=dev)
-    band_idx: list[Tensor] = []
-    band_val: list[Tensor] = []
-    k = min(top_k, unembed.d_vocab)
-    top_v = torch.full((n_layer * rows, k), -torch.inf, device=dev)
-    top_i = torch.zeros((n_layer * rows, k), dtype=torch.long, device=dev)
-
-    for a in range(0, unembed.d_vocab, tile):
-        z2 = unembed.logits_of_normed(flat, a, a + tile)  # [(layer row), T]
-        width = z2.shape[1]
-        z = z2.view(n_layer, rows, width)
-        # online log-sum-exp and entropy (e = sum exp(z - m) (z - m))
-        m_new = torch.maximum(m, z.amax(-1))
-        shift = torch.where(torch.isinf(m), torch.zeros_like(m), m - m_new)
-        ez = torch.exp(z - m_new[..., None])
-        zc = z - m_new[..., None]
-        e = torch.exp(shift) * (e + shift * s) + (ez * zc).sum(-1)
-        s = s * torch.exp(shift) + ez.sum(-1)
-        m = m_new
-        # KL cross term: sum_v p_final(v) * (z_final(v) - z_layer(v))
-        zf = z[-1]
-        pf = torch.exp(zf - lse_f[:, None])
-        cross += ((zf[None] - z) * pf[None]).sum(-1)
-        # ranks
-        for j in range(n_t):
-            count[..., j] += (z > hi[..., j, None]).sum(-1)
-            band = (z >= lo[..., j, None]) & (z <= hi[..., j, None])
-            if bool(band.any()):
-                li, ri, vi = band.nonzero(as_tuple=True)
-                band_idx.append(torch.stack([li, ri, torch.full_like(li, j)]))
-                band_val.append(z[li, ri, vi])
-        inside = (targets >= a) & (targets < a + width)
-        if bool(inside.any()):
-            ri, tj = inside.nonzero(as_tuple=True)
-            t_exact[:, ri, tj] = z[:, ri, targets[ri, tj] - a]
-        # top-k
-        tv, ti = z2.topk(min(k, width), -1)
-        cat_v = torch.cat([top_v, tv], -1)
-        cat_i = torch.cat([top_i, ti + a], -1)
-        top_v, sel = cat_v.topk(k, -1)
-        top_i = cat_i.gather(-1, sel)
-
-    if band_idx:
-        idx = torch.cat(band_idx, 1)
-        vals = torch.cat(band_val)
-        above = vals > t_exact[idx[0], idx[1], idx[2]]
-        count.index_put_((idx[0], idx[1], idx[2]), above.long(), accumulate=True)
-    outside = (t_exact - t_est).abs() > tol
-    if bool(outside.any()):  # the band missed the exact value: count those exactly
-        for li, ri, tj in outside.nonzero().tolist():
-            full = unembed.logits_of_normed(x[li, ri][None])[0]
-            count[li, ri, tj] = (full > full[targets[ri, tj]]).sum()
-            t_exact[li, ri, tj] = full[targets[ri, tj]]
-
-    lse = m + torch.log(s)
-    kl = (cross - lse_f[None] + lse).clamp_min(0.0)
-    kl[-1] = 0.0
-    return {
-        "ranks": count,
-        "target_logprobs": t_exact - lse[..., None],
-        "topk_ids": top_i.view(n_layer, rows, k),
-        "topk_logprobs": top_v.view(n_layer, rows, k) - lse[..., None],
-        "entropy": torch.log(s) - e / s,
-        "kl_to_final": kl,
-    }
-
-
 def _validate_targets(targets: Any, n_rows: int, d_vocab: int, device: Any) -> Tensor | None:
     if targets is None:
         return None
@@ -307,6 +203,27 @@ def _validate_targets(targets: Any, n_rows: int, d_vocab: int, device: Any) -> T
     return t.long()
 
 
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GltError(f"{name} must be a positive int or None (automatic), got {value!r}")
+    return value
+
+
+@contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    """Float32 matmuls in full IEEE precision (no TF32/bf16 shortcuts) inside the block."""
+    prec = torch.get_float32_matmul_precision()
+    if prec != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if prec != "highest":
+            torch.set_float32_matmul_precision(prec)
+
+
 def readout(
     stack: ResidualStack,
     lens: Any,
@@ -316,6 +233,8 @@ def readout(
     positions: Any = None,
     row_chunk: int | None = None,
     vocab_tile: int | None = None,
+    matmul_dtype: torch.dtype | None = None,
+    threads: int | None = None,
 ) -> Readout:
     """Decode every layer of ``stack`` with ``lens`` and reduce to per-layer statistics.
 
@@ -326,8 +245,15 @@ def readout(
             options of a multiple-choice question); default: the final layer's top-1.
         top_k: how many best tokens to keep per layer and row.
         positions: which positions to read (see `select_rows`); default every real token.
-        row_chunk, vocab_tile: tile sizes (memory is one ``[layer, row_chunk, vocab_tile]``
-            float32 tile plus a few of its size); defaults suit a CPU.
+        row_chunk, vocab_tile: rows per chunk and vocabulary tile width (memory is a few
+            ``[layer * row_chunk, vocab_tile]`` float32 tiles per worker); defaults suit the
+            device. Results do not depend on them (ranks and ids exactly, floats to ~1e-6).
+        matmul_dtype: operand precision of the tile matmul: float32 (default, the float32
+            read-out), or bfloat16 / float16, which defines the logits by operands rounded to
+            that dtype (what a half-precision model computes itself) and accumulates in float32.
+            Ranks are exact for the chosen operands either way.
+        threads: CPU worker threads, each scanning its own vocabulary range with single-threaded
+            torch ops (default: ``torch.get_num_threads()``); ignored on CUDA.
 
     Returns:
         A frozen `Readout`.
@@ -338,45 +264,50 @@ def readout(
     """
     if not isinstance(stack, ResidualStack):
         raise GltError(f"stack must be a glt.ResidualStack, got {type(stack).__name__}")
-    if not isinstance(top_k, int) or top_k < 1:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise GltError(f"top_k must be an int >= 1, got {top_k!r}")
+    row_chunk = _positive("row_chunk", row_chunk)
+    vocab_tile = _positive("vocab_tile", vocab_tile)
+    threads = _positive("threads", threads)
+    mm_dtype = resolve_matmul_dtype(matmul_dtype)
     lens.check_compatible(stack.resid.shape[0], stack.resid.shape[-1])
     unembed = lens.unembed
     b_idx, p_idx = select_rows(stack, positions)
     n_rows = int(b_idx.shape[0])
     tgt = _validate_targets(targets, n_rows, unembed.d_vocab, stack.resid.device)
     n_layer = stack.resid.shape[0]
-    tile = vocab_tile or 8192
-    chunk = row_chunk or max(1, min(64, 2048 // n_layer))
+    cuda = stack.resid.device.type == "cuda"
+    tile = vocab_tile or (16384 if cuda else _CPU_TILE)
+    chunk = row_chunk or max(1, (16384 if cuda else _CPU_TILE_ROWS) // n_layer)
+    workers = 1 if cuda else (threads or torch.get_num_threads())
     parts: dict[str, list[Tensor]] = {}
-    all_targets = []
-    with torch.no_grad():
+    with torch.no_grad(), _ieee_fp32():
         for r0 in range(0, n_rows, chunk):
             bi, pi = b_idx[r0 : r0 + chunk], p_idx[r0 : r0 + chunk]
             h = stack.resid[:, bi, pi].float()
-            x = unembed.normalize(lens.transform_stack(h))
-            if tgt is None:
-                _, top1 = _final_pass(unembed, x[-1], tile)
-                t = top1[:, None]
-            else:
-                t = tgt[r0 : r0 + chunk]
-            all_targets.append(t)
-            for key, val in _chunk_stats(unembed, x, t, top_k, tile).items():
+            x = unembed.normalize(lens.transform_stack(h)).float()
+            t = None if tgt is None else tgt[r0 : r0 + chunk]
+            out = chunk_stats(unembed, x, t, top_k, tile=min(tile, unembed.d_vocab),
+                              matmul_dtype=mm_dtype, workers=workers)
+            for key, val in out.items():
                 parts.setdefault(key, []).append(val)
     k = min(top_k, unembed.d_vocab)
-    empty_t = tgt.shape[1] if tgt is not None else 1
-    def cat(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    n_t = tgt.shape[1] if tgt is not None else 1
+    dev = stack.resid.device
+
+    def cat(key: str, shape: tuple[int, ...], dtype: torch.dtype, dim: int = 1) -> Tensor:
         if parts.get(key):
-            return torch.cat(parts[key], 1)
-        return torch.zeros(shape, dtype=dtype)
+            return torch.cat(parts[key], dim)
+        return torch.zeros(shape, dtype=dtype, device=dev)
+
     return Readout(
         layer_labels=stack.labels,
         batch_index=b_idx,
         pos_index=p_idx,
         input_ids=stack.tokens[b_idx, p_idx],
-        targets=torch.cat(all_targets, 0) if all_targets else torch.zeros(0, empty_t, dtype=torch.long),
-        ranks=cat("ranks", (n_layer, 0, empty_t), torch.long),
-        target_logprobs=cat("target_logprobs", (n_layer, 0, empty_t), torch.float32),
+        targets=cat("targets", (0, n_t), torch.long, 0),
+        ranks=cat("ranks", (n_layer, 0, n_t), torch.long),
+        target_logprobs=cat("target_logprobs", (n_layer, 0, n_t), torch.float32),
         topk_ids=cat("topk_ids", (n_layer, 0, k), torch.long),
         topk_logprobs=cat("topk_logprobs", (n_layer, 0, k), torch.float32),
         entropy=cat("entropy", (n_layer, 0), torch.float32),

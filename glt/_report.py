@@ -115,6 +115,14 @@ def _save_figure(fig: Any, folder: Path, name: str) -> str:
     return f"figures/{name}.png"
 
 
+def _caption(fig: Any, name: str) -> str:
+    """The figure's title (suptitle, else the first axes titles) and its file name."""
+    sup = getattr(fig, "_suptitle", None)
+    title = sup.get_text() if sup is not None else " | ".join(
+        t for t in (a.get_title() or a.get_title(loc="left") for a in fig.axes) if t)
+    return f"{title} (figures/{name}.png, .svg)" if title else f"figures/{name}.png"
+
+
 def _source_of(result: Any) -> str:
     for attr in ("data_source", "source"):
         v = getattr(result, attr, None)
@@ -125,7 +133,7 @@ def _source_of(result: Any) -> str:
     return "see the result file"
 
 
-def _rate(n: float, s: float) -> Any:
+def _rate(n: Any, s: Any) -> Any:
     return n / s if s and s > 0 and n else float("nan")
 
 
@@ -164,7 +172,7 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
         except GltError as e:
             figs[spec.key] = [("", f"figures could not be drawn: {e}")]
             continue
-        figs[spec.key] = [(_save_figure(f, figdir, name), name) for name, f in drawn.items()]
+        figs[spec.key] = [(_save_figure(f, figdir, name), _caption(f, name)) for name, f in drawn.items()]
     plot_s = time.perf_counter() - t0
     prov_path = out / "provenance.json"
     if ctx.loaded:
@@ -183,6 +191,15 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
     if failed:
         blocks.append(("p", "Failed stages (rerun with --resume after fixing the cause): " +
                        "; ".join(f"{n}: {records[n].get('error', '')}" for n in failed)))
+    summary_rows = []
+    for s in plan:
+        if s.name in results and s.spec.key_rows:
+            rows = s.spec.headlines(results[s.name])
+            summary_rows += [[s.spec.title, s.variant or "", s.lens or "", rows[i][0], rows[i][1]]
+                             for i in s.spec.key_rows if i < len(rows)]
+    if summary_rows:
+        blocks.append(("h2", "Headline numbers"))
+        blocks.append(("table", (["study", "task", "lens", "measure", "value"], summary_rows)))
     for spec in dict.fromkeys(s.spec for s in plan):
         stages = [s for s in plan if s.spec is spec]
         blocks.append(("h2", spec.title))

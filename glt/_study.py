@@ -62,7 +62,8 @@ class StudyConfig:
         pos_items: part-of-speech items (prefix, tag, next word) to read.
         fact_items: fact prompts (None: every shipped prompt).
         mc_tasks, mc_items, mc_shots: multiple-choice tasks, items per task and shots.
-        patch_pairs: (MMLU target, SST-2 source) prompt pairs patched at every layer.
+        patch_pairs, patch_shots: (MMLU target, SST-2 source) prompt pairs patched at every
+            layer, and the shots in each prompt.
         heatmap_text: the text drawn as a layer x position heatmap.
         freq_paragraphs: Wikipedia paragraphs counted for a model without a shipped frequency
             table (None: all).
@@ -83,6 +84,7 @@ class StudyConfig:
     mc_items: int = 200
     mc_shots: int = 4
     patch_pairs: int = 24
+    patch_shots: int = 2
     heatmap_text: str = "The capital of France is Paris, and the capital of Germany is"
     freq_paragraphs: int | None = None
     text_split: str = "heldout"
@@ -103,7 +105,7 @@ class StudyConfig:
 #: Sizes of ``glt study --quick`` (about 10 minutes on 2 CPU cores with the default model).
 QUICK: dict[str, Any] = {
     "quick": True, "gtr_texts": 48, "gtr_max_tokens": 32, "pos_items": 60, "fact_items": 60,
-    "mc_items": 24, "mc_shots": 2, "patch_pairs": 3,
+    "mc_items": 24, "mc_shots": 2, "patch_pairs": 3, "patch_shots": 1,
 }
 #: Sizes of the full ``glt study``.
 FULL: dict[str, Any] = {"quick": False}
@@ -155,10 +157,16 @@ def study_config(
     if lens not in ("tuned", "logit", "both"):
         raise GltError(f"lens must be 'tuned', 'logit' or 'both', got {lens!r}")
     lenses = ("tuned", "logit") if lens == "both" else (lens,)
-    if "tuned" in lenses and lens_path is None and model == "default":
+    if "tuned" in lenses and lens_path is None:
+        if model != "default":
+            raise GltError(
+                f"--lens {lens}: glt ships a tuned lens for the default model only, not for "
+                f"{model!r}: pass --lens logit, or --lens-path FOLDER with a lens trained for it "
+                "(`glt lens train`)"
+            )
         if default_lens_name(model) != "tuned":
             raise GltError(
-                "--lens tuned: no tuned lens ships with this glt build yet "
+                f"--lens {lens}: no tuned lens ships with this glt build yet "
                 "(glt/assets/lenses/default is missing): pass --lens logit, or --lens-path FOLDER"
             )
     kw: dict[str, Any] = {"model": model, "lenses": lenses, "lens_path": lens_path}
@@ -172,7 +180,14 @@ def study_config(
 
 
 class _Meter:
-    """Accumulates forward-pass and read-out time while installed (wraps glt's functions)."""
+    """Accumulates forward-pass and read-out time while installed (wraps glt's functions).
+
+    Forward passes: `glt.iter_residuals`' ``_forward_residuals`` (tokens counted from the mask)
+    and the patched runs of `glt.patch_layers` (``_patched_final``). Read-out: `glt.readout`
+    (rows counted). Every glt module that imported one of them is patched, and restored after.
+    """
+
+    _FORWARD = (("glt._capture", "_forward_residuals"), ("glt._patching", "_patched_final"))
 
     def __init__(self) -> None:
         self.forward_s = 0.0
@@ -181,43 +196,60 @@ class _Meter:
         self.readout_rows = 0
         self._depth = 0
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["_Meter"]:
-        import glt._capture as cap
-        import glt._readout as ro
-
-        orig_fwd, orig_ro = cap._forward_residuals, ro.readout
+    def _wrap_forward(self, orig: Any) -> Any:
         meter = self
 
-        def forward(model: Any, tokens: Any, mask: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return orig_fwd(model, tokens, mask)
+                return orig(*args, **kwargs)
             finally:
                 meter.forward_s += time.perf_counter() - t0
-                meter.forward_tokens += int(mask.sum())
+                if orig.__name__ == "_forward_residuals":
+                    meter.forward_tokens += int(args[2].sum())
+                else:  # _patched_final(model, ids, src, layers, t_pos): len(layers) copies of ids
+                    meter.forward_tokens += len(args[1]) * len(args[3])
+
+        return forward
+
+    def _wrap_readout(self, orig: Any) -> Any:
+        meter = self
 
         def readout(*args: Any, **kwargs: Any) -> Any:
             if meter._depth:
-                return orig_ro(*args, **kwargs)
+                return orig(*args, **kwargs)
             meter._depth += 1
             t0 = time.perf_counter()
             try:
-                out = orig_ro(*args, **kwargs)
+                out = orig(*args, **kwargs)
                 meter.readout_rows += int(out.n_rows)
                 return out
             finally:
                 meter.readout_s += time.perf_counter() - t0
                 meter._depth -= 1
 
+        return readout
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_Meter"]:
+        import importlib
+
+        swaps: dict[int, tuple[Any, Any]] = {}  # id(original) -> (original, wrapper)
+        for mod_name, attr in self._FORWARD + (("glt._readout", "readout"),):
+            try:
+                orig = getattr(importlib.import_module(mod_name), attr)
+            except (ImportError, AttributeError):
+                continue
+            wrap = self._wrap_readout(orig) if attr == "readout" else self._wrap_forward(orig)
+            swaps[id(orig)] = (orig, wrap)
         patched: list[tuple[Any, str, Any]] = []
         for name, mod in list(sys.modules.items()):
-            if not (name == "glt" or name.startswith("glt.")) or mod is None:
+            if mod is None or not (name == "glt" or name.startswith("glt.")):
                 continue
-            for attr, orig, new in (("_forward_residuals", orig_fwd, forward), ("readout", orig_ro, readout)):
-                if getattr(mod, attr, None) is orig:
-                    patched.append((mod, attr, orig))
-                    setattr(mod, attr, new)
+            for attr, val in list(vars(mod).items()):
+                if id(val) in swaps and swaps[id(val)][0] is val:
+                    patched.append((mod, attr, val))
+                    setattr(mod, attr, swaps[id(val)][1])
         try:
             yield self
         finally:
@@ -292,6 +324,9 @@ def run_study(
     _check_out(out, config, resume, force)
     plan = plan_stages(config, stages)
     (out / "data").mkdir(parents=True, exist_ok=True)
+    for folder in ("data", "timings", "figures", "."):  # temp files of a killed run
+        for tmp in (out / folder).glob(".*.tmp"):
+            tmp.unlink()
     import glt
 
     write_json(out / _MANIFEST, {"format": "glt.study", "version": 1, "glt": glt.__version__,
@@ -308,6 +343,7 @@ def run_study(
                 old = out / "timings" / f"{stage.name}.json"
                 rec = read_json(old, "stage timing") if old.is_file() else _timing(stage.name, "computed", float("nan"))
                 records[stage.name] = {**rec, "status": "resumed"}
+                ctx.results[stage.name] = results[stage.name]
                 continue
             except GltError as e:
                 tqdm.write(f"glt study: {path} is unreadable ({e}); recomputing {stage.name}")
@@ -316,7 +352,7 @@ def run_study(
         t0 = time.perf_counter()
         try:
             with meter.installed():
-                result = stage.spec.run(ctx, stage.lens)
+                result = stage.spec.run(ctx, stage)
         except GltError as e:
             records[stage.name] = _timing(stage.name, "failed", time.perf_counter() - t0, meter,
                                           error=str(e), setup_s=setup_s)
@@ -331,7 +367,7 @@ def run_study(
         write_json(out / "timings" / f"{stage.name}.json", rec)
         stage.spec.save(result, path)
         records[stage.name] = rec
-        results[stage.name] = result
+        results[stage.name] = ctx.results[stage.name] = result
     compute_s = time.perf_counter() - t_start
     write_report(out, config=config, plan=plan, results=results, records=records, ctx=ctx,
                  compute_s=compute_s, progress=progress)

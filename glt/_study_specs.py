@@ -112,9 +112,26 @@ def _pos_subset(res: Any) -> str:
 def _pos_figs(results: dict[Stage, Any]) -> dict[str, Any]:
     from glt._plots_gtr import plot_pos_onsets, plot_pos_ranks
 
+    from matplotlib.figure import Figure
+
+    from glt._style import glt_style
+
     out = {}
     for s, res in results.items():
-        out[f"pos_onsets_{s.lens}"] = plot_pos_onsets(res)
+        subset = _pos_subset(res)
+        with glt_style():
+            fig = Figure(figsize=(12.0, 4.3), layout="constrained")
+            a, b = fig.subplots(1, 2, sharey=True)
+            plot_pos_onsets(res, kind="first", ax=a, title="first crossing")
+            plot_pos_onsets(res, kind="stable", ax=b, title="stable onset")
+            fig.suptitle(f"Part of speech: earliest layer where the next word's first token is in "
+                         f"the top-k ({subset} items, {res.lens} lens)")
+        out[f"pos_onsets_{s.lens}"] = fig
+        have = {c.group for c in res.curves}
+        groups = [g for g in ("function", "content") if f"{subset}/{g}" in have]
+        if groups:
+            out[f"pos_groups_{s.lens}"] = plot_pos_onsets(
+                res, labels=groups, title=f"Function vs content words ({subset} items, {res.lens} lens)")
         out[f"pos_ranks_{s.lens}"] = plot_pos_ranks(res)
     return out
 
@@ -124,6 +141,8 @@ def _pos_head(res: Any) -> list[tuple[str, str]]:
     rows = []
     df = res.summary_dataframe(k=1)
     df = df[df["subset"] == subset]
+    groups = ("function", "content", "other")
+    df = df.assign(_g=[0 if lab in groups else 1 for lab in df["label"]]).sort_values("_g", kind="stable")
     for _, row in df.iterrows():
         rows.append((f"{row['label']}: mean first / stable onset at k=1 ({subset}, N={row['n']})",
                      f"{_fmt(row.get('first_mean'), 1)} / {_fmt(row.get('stable_mean'), 1)}"))
@@ -171,60 +190,6 @@ def _mc_head(res: Any) -> list[tuple[str, str]]:
     return rows
 
 
-# ---------------------------------------------------------------- early exit
-def _wiki_readout(ctx: StudyContext, lens: Any, n_texts: int, max_tokens: int) -> tuple[Any, Any]:
-    """Read every position but the last of the first tokens of ``n_texts`` paragraphs."""
-    from glt._capture import iter_residuals, tokenize
-    from glt._readout import Readout, readout
-
-    model = ctx.model
-    ids = [x[:max_tokens] for x in tokenize(model, ctx.wiki_texts(n_texts), truncate=True)]
-    parts, golds, offsets = [], [], []
-    bs = ctx.config.batch_size
-    for b0, stack in zip(range(0, len(ids), bs), iter_residuals(model, ids, batch_size=bs)):
-        mask = stack.mask.clone()
-        mask[torch.arange(mask.shape[0]), stack.lengths - 1] = False
-        r = readout(stack, lens, positions=mask, top_k=1)
-        golds.append(stack.tokens[r.batch_index, r.pos_index + 1].cpu())
-        parts.append(r)
-        offsets.append(b0)
-    return Readout.concat(parts, batch_offsets=offsets), torch.cat(golds)
-
-
-def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
-    from glt._corpus import WIKI_SOURCE
-    from glt._early_exit import early_exit
-    from glt._models import model_name
-
-    cfg = ctx.config
-    r, gold = _wiki_readout(ctx, ctx.lens(stage.lens), cfg.gtr_texts, cfg.gtr_max_tokens)
-    freq = ctx.frequency()
-    cats = [freq.labels[b] for b in freq.bucket_of(r.top1[-1].cpu()).tolist()]
-    return early_exit(r, gold=gold, categories=cats, model_name=model_name(ctx.model),
-                      data_source=f"{WIKI_SOURCE}; {cfg.text_split} split, first {cfg.gtr_max_tokens} "
-                      f"tokens of {cfg.gtr_texts} paragraphs; categories: frequency bucket of the final top-1")
-
-
-def _exit_figs(results: dict[Stage, Any]) -> dict[str, Any]:
-    from glt._plots_studies import plot_early_exit
-
-    return {f"early_exit_{s.lens}": plot_early_exit(res) for s, res in results.items()}
-
-
-def _exit_head(res: Any) -> list[tuple[str, str]]:
-    gi = res.groups.index("all")
-    rows = [("tokens (with gold)", f"{res.n[gi]} ({res.n_gold[gi]})"),
-            ("median stable onset (k=1)", _fmt(res.onset_median[gi], 1)),
-            ("compute saved by an oracle exit at the stable onset", _pct(res.onset_saved[gi]))]
-    for tau in (0.5, 0.9):
-        if tau in res.taus:
-            ti = res.taus.index(tau)
-            rows.append((f"confidence exit at p >= {tau}: compute saved / agreement / accuracy",
-                         f"{_pct(res.tau_saved[gi, ti])} / {_pct(res.tau_agreement[gi, ti])} / "
-                         f"{_pct(res.tau_accuracy[gi, ti])}"))
-    return rows
-
-
 # ---------------------------------------------------------------- patching
 def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
     import random
@@ -236,9 +201,9 @@ def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
     rng = random.Random(cfg.seed)
     mmlu = list(load_mc_dataset("mmlu").examples)
     rng.shuffle(mmlu)
-    sst_shots, sst_rest = split_binary_shots(load_mc_dataset("sst2").examples, min(cfg.mc_shots, 4), cfg.seed)
+    sst_shots, sst_rest = split_binary_shots(load_mc_dataset("sst2").examples, cfg.patch_shots, cfg.seed)
     n = cfg.patch_pairs
-    targets = [format_mc_prompt(e, mmlu_shots(e.subject, min(cfg.mc_shots, 5))).text for e in mmlu[:n]]
+    targets = [format_mc_prompt(e, mmlu_shots(e.subject, min(cfg.patch_shots, 5))).text for e in mmlu[:n]]
     sources = [format_mc_prompt(e, sst_shots, task="sst2").text for e in sst_rest[:n]]
     return patch_layers(ctx.model, targets, sources, target_options=[" A", " B", " C", " D"],
                         source_options=[" negative", " positive"], lens=ctx.lens(stage.lens),
@@ -267,10 +232,6 @@ def _tables(res: Any) -> dict[str, Any]:
     return {"": res.to_dataframe()}
 
 
-def _exit_tables(res: Any) -> dict[str, Any]:
-    return {"": res.to_dataframe("policies"), "_onsets": res.to_dataframe("onsets")}
-
-
 def _patch_tables(res: Any) -> dict[str, Any]:
     return {"": res.to_dataframe("layers"), "_pairs": res.to_dataframe("pairs")}
 
@@ -279,18 +240,31 @@ def specs() -> list[StudySpec]:
     """The studies in the order `glt study` runs them."""
     from glt import _study_specs_gtr as gtr
 
+    gtr_spec, facts, exit_ = gtr.specs()
     return [
         StudySpec("heatmap", "One text, every layer", _run_heatmap, TextReadout.load,
-                  lambda r: {"": r.readout.to_dataframe()}, _heat_figs, _heat_head),
-        *gtr.specs(),
+                  lambda r: {"": r.readout.to_dataframe()}, _heat_figs, _heat_head, key_rows=(),
+                  description="The top-1 token of every layer at every position of one text."),
+        gtr_spec,
         StudySpec("pos", "Part of speech", _run_pos, _load("glt._pos", "PosResult"),
-                  lambda r: {"": r.to_dataframe(), "_curves": r.curves_dataframe()}, _pos_figs, _pos_head),
+                  lambda r: {"": r.to_dataframe(), "_curves": r.curves_dataframe()}, _pos_figs, _pos_head, key_rows=(0, 1),
+                  description="Prefix = the text before the first word with a given tag; tracked "
+                  "token = that word's first token (spaCy en_core_web_sm tags). Onset = earliest "
+                  "layer where its rank is inside the top-k (first crossing, and stable: inside "
+                  "at every later layer)."),
+        facts,
         StudySpec("mc", "Multiple choice", _run_mc, _load("glt._multiple_choice", "MultipleChoiceResult"),
-                  _mc_tables, _mc_figs, _mc_head, variants=lambda c: c.mc_tasks),
-        StudySpec("early_exit", "Early exit", _run_exit, _load("glt._early_exit", "EarlyExitResult"),
-                  _exit_tables, _exit_figs, _exit_head, needs_frequency=True),
+                  _mc_tables, _mc_figs, _mc_head, variants=lambda c: c.mc_tasks, key_rows=(1, 3, 4),
+                  description="Read at the answer position with every option token as a target. "
+                  "Format = probability mass on the option tokens; decision = the layer's choice "
+                  "among the options equals the final choice. Dotted: the permutation control "
+                  "(option symbols relabelled)."),
+        exit_,
         StudySpec("patching", "Activation patching", _run_patch, _load("glt._patching", "PatchingResult"),
-                  _patch_tables, _patch_figs, _patch_head),
+                  _patch_tables, _patch_figs, _patch_head, key_rows=(1, 2, 3),
+                  description="The last residual of an SST-2 prompt (source) replaces the last "
+                  "residual of an MMLU prompt (target) at one layer; the output lands on the "
+                  "source when its best source option beats its best MMLU letter."),
     ]
 
 

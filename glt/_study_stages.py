@@ -26,6 +26,7 @@ class StudyContext:
         self._lenses: dict[str, Any] = {}
         self._freq: Any = None
         self.setup: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
 
     @property
     def loaded(self) -> bool:
@@ -94,7 +95,8 @@ class StudySpec:
 
     ``run(ctx, stage)`` returns a result with ``save(path)``; ``load(path)`` reads it back;
     ``tables(result)`` gives ``{file suffix: DataFrame}``; ``figures(results)`` draws from
-    ``{stage: result}``; ``headlines(result)`` gives ``[(label, value)]`` for the report.
+    ``{stage: result}``; ``headlines(result)`` gives ``[(label, value)]`` for the report, whose
+    rows at indices ``key_rows`` also go into the report's summary at the top.
     """
 
     key: str
@@ -108,6 +110,7 @@ class StudySpec:
     variants: Callable[[Any], Sequence[str]] | None = None
     needs_frequency: bool = False
     description: str = ""
+    key_rows: tuple[int, ...] = (0, 1)
 
     def save(self, result: Any, path: Path) -> Any:
         return result.save(path)

@@ -31,18 +31,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from glt._capture import iter_residuals, tokenize
+from glt._capture import iter_residuals
 from glt._errors import GltError
+from glt._lens_data import plan_sequences, plan_steps, read_rows
+from glt._lens_linesearch import LineSearch
 from glt._lens_loss import tiled_kl_ce
-from glt._train_state import load_checkpoint, save_checkpoint
+from glt._train_state import load_checkpoint, save_checkpoint, save_tensors
 from glt._tuned_lens import TunedLens
 
-__all__ = ["fit_least_squares", "plan_sequences", "train_tuned_lens"]
+__all__ = ["fit_least_squares", "train_tuned_lens"]
 
 
 def _dist() -> tuple[int, int]:
@@ -55,57 +58,6 @@ def _all_reduce(t: Tensor) -> Tensor:
     if _dist()[1] > 1:
         torch.distributed.all_reduce(t)
     return t
-
-
-def plan_sequences(
-    model: Any, texts: Sequence[str], *, seq_len: int = 256
-) -> tuple[list[list[int]], int]:
-    """Tokenise ``texts`` and cut them into sequences of at most ``seq_len`` tokens.
-
-    Each piece of a long text starts with the BOS token again when the tokenizer adds one, so
-    every sequence looks like a document start to the model. Returns ``(sequences, n_bos)``.
-    """
-    if not isinstance(seq_len, int) or seq_len < 2:
-        raise GltError(f"seq_len must be an int >= 2, got {seq_len!r}")
-    bos = getattr(model.tokenizer, "bos_token_id", None)
-    seqs: list[list[int]] = []
-    for ids in tokenize(model, list(texts), truncate=True):
-        head = [ids[0]] if bos is not None and ids and ids[0] == bos else []
-        body = ids[len(head):]
-        width = seq_len - len(head)
-        for a in range(0, max(len(body), 1), width):
-            piece = head + body[a : a + width]
-            if len(piece) >= 2:
-                seqs.append(piece)
-    return seqs, (bos if bos is not None else -1)
-
-
-def _rows(tokens: Tensor, mask: Tensor, bos: int) -> tuple[Tensor, Tensor]:
-    keep = mask & (tokens != bos)
-    return keep.nonzero(as_tuple=True)
-
-
-def _steps(seqs: list[list[int]], bos: int, tokens_per_step: int, seed: int, n_steps: int) -> list[list[int]]:
-    """Deterministic step plan: shuffled sequence indices grouped into ~tokens_per_step rows."""
-    out: list[list[int]] = []
-    epoch = 0
-    while len(out) < n_steps:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(seqs), generator=g).tolist()
-        cur: list[int] = []
-        count = 0
-        for i in order:
-            cur.append(i)
-            count += sum(1 for t in seqs[i] if t != bos)
-            if count >= tokens_per_step:
-                out.append(cur)
-                cur, count = [], 0
-                if len(out) == n_steps:
-                    break
-        epoch += 1
-        if epoch > 10_000:
-            raise GltError("texts hold no trainable tokens: pass longer texts")
-    return out
 
 
 def fit_least_squares(
@@ -153,7 +105,7 @@ def fit_least_squares(
     limit = None if max_tokens is None else math.ceil(max_tokens / world)
     bar = tqdm(total=limit, desc="least squares", unit="tok", disable=not progress or rank != 0)
     for stack in iter_residuals(model, seqs, batch_size=batch_size):
-        b, p = _rows(stack.tokens, stack.mask, bos if bos is not None else -1)
+        b, p = read_rows(stack.tokens, stack.mask, bos if bos is not None else -1)
         if limit is not None:
             b, p = b[: limit - seen], p[: limit - seen]
         if len(b) == 0:
@@ -218,7 +170,7 @@ def train_tuned_lens(
     model: Any,
     texts: Sequence[str],
     *,
-    init: str = "least_squares",
+    init: "str | TunedLens" = "least_squares",
     max_tokens: int = 65_536,
     tokens_per_step: int = 1024,
     least_squares_tokens: int = 16_384,
@@ -232,6 +184,7 @@ def train_tuned_lens(
     frequency_alpha: float = 1.0,
     seq_len: int = 256,
     batch_size: int = 8,
+    val_rows: int = 48,
     row_chunk: int = 64,
     compute_dtype: torch.dtype = torch.float32,
     vocab_tile: int = 8192,
@@ -239,6 +192,9 @@ def train_tuned_lens(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     callback: Callable[[int, int, TunedLens], None] | None = None,
+    heldout_texts: Sequence[str] | None = None,
+    eval_rows: int = 256,
+    out: str | os.PathLike | None = None,
     data_name: str | None = None,
     progress: bool = True,
 ) -> TunedLens:
@@ -248,11 +204,16 @@ def train_tuned_lens(
         model: a TransformerLens model (its weights are never changed).
         texts: training texts; cut into sequences of at most ``seq_len`` tokens.
         init: ``"least_squares"`` (closed-form fit on ``least_squares_tokens`` positions, then
-            KL training) or ``"zero"`` (the logit lens, tuned-lens's init).
+            KL training), ``"zero"`` (the logit lens, tuned-lens's init) or a `TunedLens` to
+            start from (copied, e.g. a saved least-squares fit).
         max_tokens: KL-training budget in read positions; ``steps = max_tokens // tokens_per_step``
             (0 steps with ``init="least_squares"`` returns the least-squares lens).
         tokens_per_step: read positions per optimiser step (over all ranks).
-        optimizer: ``"sgd"`` (the recipe) or ``"adam"`` (AMSGrad, lr ``1e-3 * lr``, as tuned-lens).
+        optimizer: ``"sgd"`` (the recipe), ``"adam"`` (AMSGrad, lr ``1e-3 * lr``, as tuned-lens)
+            or ``"linesearch"`` (diagonally preconditioned gradient with per-layer step sizes
+            chosen on ``val_rows`` positions held out of the training texts; see
+            `glt._lens_linesearch`; ``lr``, ``momentum``, ``weight_decay`` and ``grad_clip``
+            do not apply).
         lr, momentum, weight_decay, grad_clip: the recipe (``lr`` before the ``1 - momentum``
             factor is applied for SGD).
         frequency_counts, frequency_alpha: the frequency-reweighted objective (counts per token
@@ -263,6 +224,11 @@ def train_tuned_lens(
         checkpoint_dir: where to checkpoint every ``checkpoint_every`` steps (atomic); a run
             started again with the same settings resumes after the last completed step.
         callback: ``callback(step, tokens_seen, lens)`` after each step (rank 0 only).
+        heldout_texts: texts not used in training: the lens is evaluated on ``eval_rows`` of
+            their positions (per-layer KL to final and next-token cross-entropy, tuned vs logit
+            vs the least-squares start when there is one); the summary goes into
+            ``lens.config["heldout"]`` and the full `glt.LensEvaluation` into ``out/eval.json``.
+        out: folder to save the lens into (atomically) when done (rank 0 only).
         data_name: provenance string recorded in the lens config.
         progress: tqdm bar with the loss.
 
@@ -275,10 +241,11 @@ def train_tuned_lens(
     """
     from tqdm.auto import tqdm
 
-    if init not in ("least_squares", "zero"):
-        raise GltError(f"init must be 'least_squares' or 'zero', got {init!r}")
-    if optimizer not in ("sgd", "adam"):
-        raise GltError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    start_lens = init if isinstance(init, TunedLens) else None
+    if start_lens is None and init not in ("least_squares", "zero"):
+        raise GltError(f"init must be 'least_squares', 'zero' or a glt.TunedLens, got {init!r}")
+    if optimizer not in ("sgd", "adam", "linesearch"):
+        raise GltError(f"optimizer must be 'sgd', 'adam' or 'linesearch', got {optimizer!r}")
     for name, val in (("max_tokens", max_tokens), ("tokens_per_step", tokens_per_step), ("row_chunk", row_chunk)):
         if not isinstance(val, int) or val < (0 if name == "max_tokens" else 1):
             raise GltError(f"{name} must be a positive int, got {val!r}")
@@ -286,20 +253,31 @@ def train_tuned_lens(
         raise GltError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
     rank, world = _dist()
     lens = TunedLens.from_model(model)
+    if start_lens is not None:
+        lens.check_compatible(start_lens.n_layers + 1, start_lens.d_model)
+        with torch.no_grad():
+            lens.weight.copy_(start_lens.weight)
+            lens.bias.copy_(start_lens.bias)
+        lens.config.update({k: v for k, v in start_lens.config.items() if k == "least_squares"})
+        init = "lens:" + hashlib.sha256(start_lens.weight.detach().numpy().tobytes()).hexdigest()[:12]
     counts = _check_counts(frequency_counts, lens.unembed.d_vocab)
     seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
+    val_seqs: list[list[int]] = []
+    if optimizer == "linesearch":  # validation rows for the step sizes, held out of training
+        seqs, val_seqs = _split_validation(seqs, bos, val_rows, seed)
     n_steps = max_tokens // tokens_per_step
     settings = {k: v for k, v in locals().items() if k in _SETTINGS}
     settings["compute_dtype"] = str(compute_dtype)
     settings["frequency_counts"] = None if counts is None else hashlib.sha256(counts.numpy().tobytes()).hexdigest()[:16]
     fp = _fingerprint(settings, seqs)
-    plan = _steps(seqs, bos, tokens_per_step, seed, n_steps) if n_steps else []
+    plan = plan_steps(seqs, bos, tokens_per_step, seed, n_steps) if n_steps else []
     params = lens.translators()
+    opt: Any = None
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr * (1 - momentum), momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    else:
+    elif optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr * 1e-3, betas=(momentum, 0.999), amsgrad=True, weight_decay=weight_decay)
-    base_lr = opt.param_groups[0]["lr"]
+    base_lr = opt.param_groups[0]["lr"] if opt is not None else 0.0
     history: list[dict[str, Any]] = []
     start = 0
     state = load_checkpoint(checkpoint_dir, fp, lens, opt) if checkpoint_dir else None
@@ -307,22 +285,36 @@ def train_tuned_lens(
     if state is not None:
         start, history = state["step"], state["history"]
         lens.config.update(state.get("lens_config", {}))
-    elif init == "least_squares":
+    elif init == "least_squares" and least_squares_tokens > 0:
         ls_seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()]
         fit_least_squares(model, ls_seqs, lens=lens, max_tokens=least_squares_tokens, ridge=ridge,
                           batch_size=batch_size, progress=progress)
-        if checkpoint_dir:
-            save_checkpoint(checkpoint_dir, fp, lens, opt, 0, history, rank)
+    if checkpoint_dir and state is None:
+        save_checkpoint(checkpoint_dir, fp, lens, opt, 0, history, rank)
+        if lens.config.get("least_squares"):  # kept for the held-out comparison after a resume
+            save_tensors(Path(checkpoint_dir) / "least_squares.safetensors",
+                         {"weight": lens.weight.detach().clone(), "bias": lens.bias.detach().clone()}, rank)
+    ls_lens = None
+    if heldout_texts is not None and lens.config.get("least_squares"):
+        ls_lens = _least_squares_start(lens, checkpoint_dir if state is not None else None)
     W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
+    search = None
+    if optimizer == "linesearch":
+        search = LineSearch(lens, _validation_residuals(model, val_seqs, bos, val_rows, batch_size), W,
+                            tile=vocab_tile)
+        if state is not None and "search" in state:
+            search.centre = torch.tensor(state["search"]["centre"])
     norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]
     for p in norm_params:
         p.requires_grad_(False)
     bar = tqdm(total=n_steps, initial=start, desc="tuned lens", unit="step", disable=not progress or rank != 0)
     try:
         for step in range(start, n_steps):
-            for g in opt.param_groups:
-                g["lr"] = base_lr * (1 - step / n_steps)
-            opt.zero_grad(set_to_none=False)
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = base_lr * (1 - step / n_steps)
+            for p in params:
+                p.grad = torch.zeros_like(p)  # every rank all-reduces a gradient, even an empty share
             stats = _step_grads(model, lens, [seqs[i] for i in plan[step][rank::world]], bos, W,
                                 counts, frequency_alpha, batch_size, row_chunk, compute_dtype, vocab_tile)
             for p in params:
@@ -331,15 +323,23 @@ def train_tuned_lens(
             wsum, n_rows = float(stats[0]), int(stats[1])
             for p in params:
                 p.grad /= max(wsum, 1e-30)
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else float("nan")
-            opt.step()
             kl_layer = (stats[2:] / max(wsum, 1e-30)).tolist()
-            history.append({"step": step + 1, "rows": n_rows, "kl": sum(kl_layer), "kl_layer": kl_layer,
-                            "grad_norm": gnorm, "lr": opt.param_groups[0]["lr"]})
+            rec: dict[str, Any] = {"step": step + 1, "rows": n_rows, "kl": sum(kl_layer), "kl_layer": kl_layer}
+            if search is not None:
+                rec.update(search.step(lens.weight.grad, lens.bias.grad))
+                if world > 1:  # every rank computed the same update; keep them bit-identical
+                    for p in params:
+                        torch.distributed.broadcast(p.data, 0)
+            else:
+                rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else None
+                opt.step()
+                rec["lr"] = opt.param_groups[0]["lr"]
+            history.append(rec)
             bar.update(1)
             bar.set_postfix(kl=f"{sum(kl_layer):.3f}")
             if checkpoint_dir and ((step + 1) % checkpoint_every == 0 or step + 1 == n_steps):
-                save_checkpoint(checkpoint_dir, fp, lens, opt, step + 1, history, rank)
+                extra = None if search is None else {"centre": search.centre.tolist()}
+                save_checkpoint(checkpoint_dir, fp, lens, opt, step + 1, history, rank, search=extra)
             if callback is not None and rank == 0:
                 callback(step + 1, sum(h["rows"] for h in history), lens)
     finally:
@@ -354,10 +354,49 @@ def train_tuned_lens(
         "frequency_weighting": None if counts is None else f"(1 + count[final top-1])^-{frequency_alpha}",
         "history": history,
     }
+    if heldout_texts is not None or out is not None:
+        from glt._lens_eval import finish_training
+
+        finish_training(model, lens, ls_lens, heldout_texts, out, eval_rows=eval_rows, seed=seed,
+                        rank=rank, progress=progress)
     return lens
 
 
-_SETTINGS = {"init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
+def _least_squares_start(lens: TunedLens, resumed_from: Any) -> TunedLens | None:
+    """The least-squares start for the held-out comparison: the lens now, or the saved copy."""
+    from glt._tuned_lens import _fill, _read_params
+
+    start = TunedLens(lens.unembed, lens.n_layers, {})
+    if resumed_from is None:
+        return _fill(start, lens.weight.detach(), lens.bias.detach(), Path("<memory>"))
+    f = Path(resumed_from) / "least_squares.safetensors"
+    if not f.is_file():
+        return None
+    p = _read_params(f)
+    return _fill(start, p["weight"], p["bias"], f)
+
+
+def _split_validation(seqs: list[list[int]], bos: int, rows: int, seed: int) -> tuple[list, list]:
+    """Hold aside seeded sequences with at least ``rows`` read positions for validation."""
+    order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    val, count = set(), 0
+    for i in order:
+        if count >= rows or len(val) >= len(seqs) - 1:
+            break
+        val.add(i)
+        count += sum(1 for t in seqs[i] if t != bos)
+    return [s for i, s in enumerate(seqs) if i not in val], [seqs[i] for i in sorted(val)]
+
+
+def _validation_residuals(model: Any, seqs: list[list[int]], bos: int, rows: int, batch_size: int) -> Tensor:
+    parts = []
+    for stack in iter_residuals(model, seqs, batch_size=batch_size):
+        b, p = read_rows(stack.tokens, stack.mask, bos)
+        parts.append(stack.resid[:, b, p].clone().float())
+    return torch.cat(parts, 1)[:, :rows]
+
+
+_SETTINGS = {"val_rows", "init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
              "momentum", "weight_decay", "grad_clip", "frequency_alpha", "seq_len", "seed", "vocab_tile"}
 
 
@@ -370,7 +409,7 @@ def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W:
     if not seqs:
         return stats
     for stack in iter_residuals(model, seqs, batch_size=batch_size):
-        b, p = _rows(stack.tokens, stack.mask, bos)
+        b, p = read_rows(stack.tokens, stack.mask, bos)
         for a in range(0, len(b), row_chunk):
             h = stack.resid[:, b[a : a + row_chunk], p[a : a + row_chunk]].clone().float()
             x = lens.unembed.normalize(lens.transform_stack(h)[:-1])

@@ -17,12 +17,22 @@ import torch
 from glt._errors import GltError
 from glt._io import read_json, write_json
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint", "save_tensors"]
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Write a safetensors file atomically (rank 0 only)."""
+    from safetensors.torch import save as to_bytes
+
+    from glt._io import atomic_write_bytes
+
+    if rank == 0:
+        atomic_write_bytes(path, to_bytes({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def save_checkpoint(
     folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer,
-    step: int, history: list[dict[str, Any]], rank: int = 0,
+    step: int, history: list[dict[str, Any]], rank: int = 0, search: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint for ``step`` completed steps (rank 0 only; others return)."""
     from safetensors.torch import save_file
@@ -36,7 +46,7 @@ def save_checkpoint(
     tensors = {"weight": lens.weight.detach().contiguous().clone(), "bias": lens.bias.detach().contiguous().clone()}
     scalars: dict[str, Any] = {}
     params = lens.translators()
-    for i, p in enumerate(params):
+    for i, p in enumerate(params if opt is not None else []):
         for key, val in opt.state.get(p, {}).items():
             if isinstance(val, torch.Tensor) and val.ndim > 0:
                 tensors[f"opt.{i}.{key}"] = val.detach().contiguous().clone()
@@ -46,7 +56,8 @@ def save_checkpoint(
     try:
         save_file(tensors, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {"fingerprint": fingerprint, "step": step, "history": history,
-                                        "opt_scalars": scalars, "lens_config": lens.config})
+                                        "opt_scalars": scalars, "lens_config": lens.config,
+                                        **({"search": search} if search is not None else {})})
         _replace_dir(tmp, root / "latest")
     finally:
         if tmp.exists():
@@ -85,7 +96,7 @@ def load_checkpoint(
         lens.weight.copy_(tensors["weight"])
         lens.bias.copy_(tensors["bias"])
     params = lens.translators()
-    for i, p in enumerate(params):
+    for i, p in enumerate(params if opt is not None else []):
         st: dict[str, Any] = {}
         for key, val in tensors.items():
             if key.startswith(f"opt.{i}."):

@@ -269,6 +269,10 @@ def load_lens(
         >>> # r = glt.readout(stack, lens)
     """
     where = _default_path() if str(path_or_name) == "default" else Path(path_or_name).expanduser()
+    if str(path_or_name) == "default" and not (where / "config.json").is_file():
+        raise GltError(
+            f"the shipped default lens is missing from this installation ({where}): reinstall glt"
+        )
     if not where.is_dir():
         raise GltError(
             f"lens {str(path_or_name)!r} is not a folder: pass 'default' or a folder holding "

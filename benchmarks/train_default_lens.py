@@ -1,0 +1,187 @@
+"""Train the tuned lens shipped for the default model (Gemma 3 270M), in resumable phases.
+
+    python benchmarks/train_default_lens.py ls     --work W            # least-squares fit -> W/ls
+    python benchmarks/train_default_lens.py kl     --work W --name N [--init ls|zero] [--lr 1.0]
+    python benchmarks/train_default_lens.py report --work W --name N   # held-out eval -> assets
+
+Data: ``glt._corpus.wikipedia_paragraphs("train")`` for training, ``"heldout"`` (other articles)
+for every evaluation. The ``kl`` phase checkpoints into ``W/N.ckpt`` (resumes when rerun) and
+records a tokens-to-KL curve (bfloat16 KL on a fixed 48-position held-out probe) in
+``W/N.curve.json``. Every phase is deterministic under ``--seed``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import glt
+from glt._corpus import WIKI_SOURCE, wikipedia_paragraphs
+from glt._io import write_json
+from glt._lens_data import plan_sequences, read_rows
+from glt._lens_loss import tiled_kl_ce
+from glt._train import fit_least_squares, train_tuned_lens
+from glt._tuned_lens import TunedLens, load_lens
+
+PROBE_ROWS = 48
+
+
+def probe(model, work: Path) -> torch.Tensor:
+    """A fixed held-out probe: 48 positions from the first 24 held-out paragraphs."""
+    from safetensors.torch import load_file, save_file
+
+    f = work / "probe.safetensors"
+    if f.is_file():
+        return load_file(str(f))["h"]
+    seqs, bos = plan_sequences(model, wikipedia_paragraphs("heldout", max_paragraphs=24), seq_len=64)
+    st = glt.capture_residuals(model, seqs[:24])
+    b, p = read_rows(st.tokens, st.mask, bos)
+    idx = torch.randperm(len(b), generator=torch.Generator().manual_seed(0))[:PROBE_ROWS]
+    h = st.resid[:, b[idx], p[idx]].clone().contiguous()
+    save_file({"h": h}, str(f))
+    return h
+
+
+def probe_kl(lens, h: torch.Tensor, W: torch.Tensor) -> list[float]:
+    with torch.no_grad():
+        x = lens.unembed.normalize(lens.transform_stack(h))
+        kl, _ = tiled_kl_ce(lens.unembed, x[:-1], x[-1], compute_dtype=W.dtype, W=W)
+    return kl.mean(1).tolist()
+
+
+def report(model, args, t0: float) -> int:
+    """Held-out float32 evaluation of logit / least-squares / tuned; lens + report into --out."""
+    from glt._lens_eval import evaluate_lens, summarize
+
+    ls = load_lens(args.work / "ls", model)
+    tuned = load_lens(args.work / args.name, model)
+    # held-out rows disjoint from the probe (which used the first 24 held-out paragraphs)
+    held = [" ".join(p.split()[:48]) for p in wikipedia_paragraphs("heldout")[24 : 24 + args.eval_paras]]
+    ev = evaluate_lens(model, {"logit": glt.LogitLens.from_model(model), "least_squares": ls, "tuned": tuned},
+                       held, max_rows=args.eval_rows, seed=args.seed,
+                       data_name=f"{WIKI_SOURCE} held-out split, paragraphs 24..{24 + args.eval_paras - 1} "
+                                 "(first 48 words each)")
+    curves = {}
+    for f in sorted(args.work.glob("*.curve.json")):
+        curves[f.name.removesuffix(".curve.json")] = json.loads(f.read_text())
+    tr = tuned.config["training"]
+    ls_time = json.loads((args.work / "ls" / "timing.json").read_text())["seconds"]
+    tuned.config["heldout"] = summarize(ev)
+    tuned.config["training"].pop("history", None)
+    info = {"model": "default (Gemma 3 270M, GGUF Q4_K_M de-quantised to float32)",
+            "data": WIKI_SOURCE + " train split (articles 0, 2, 4, ...)",
+            "least_squares_tokens": ls.config["least_squares"]["tokens"], "least_squares_seconds": ls_time,
+            "kl_tokens": tr["tokens_trained"], "kl_steps": tr["steps"], "kl_seconds": tr["seconds"],
+            "settings": {k: tr[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "grad_clip",
+                                            "tokens_per_step", "seq_len", "seed", "compute_dtype")},
+            "heldout": summarize(ev), "curves": curves, "evaluation_seconds": time.time() - t0}
+    md = render_markdown(info, ev)
+    tuned.save(args.out, extra_files={"report.json": info, "report.md": md, "eval.json": ev.to_json()})
+    print(md)
+    return 0
+
+
+def render_markdown(info: dict, ev) -> str:
+    kl = {n: ev.kl[i] for i, n in enumerate(ev.lenses)}
+    ce = {n: ev.ce[i] for i, n in enumerate(ev.lenses)}
+    lines = [
+        "# Tuned lens for the default model (Gemma 3 270M)",
+        "",
+        f"- Training data: {info['data']}.",
+        f"- Least-squares initialisation: {info['least_squares_tokens']} positions, "
+        f"{info['least_squares_seconds'] / 60:.1f} min (forward passes only).",
+        f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
+        f"{info['kl_seconds'] / 60:.1f} min on a shared 2-core CPU (bfloat16 logit tiles).",
+        f"- Settings: {json.dumps(info['settings'])}.",
+        f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
+        "",
+        "## Held-out KL(final || lens) per layer, nats (mean; median in brackets)",
+        "",
+        "| layer | " + " | ".join(ev.lenses) + " |",
+        "|---|" + "---|" * len(ev.lenses),
+    ]
+    for j, label in enumerate(ev.layer_labels):
+        cells = [f"{float(kl[n][j].mean()):.3f} ({float(kl[n][j].median()):.3f})" for n in ev.lenses]
+        lines.append(f"| {j} {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Held-out next-token cross-entropy per layer, nats (mean)", "",
+              "| layer | " + " | ".join(ev.lenses) + " |", "|---|" + "---|" * len(ev.lenses)]
+    for j, label in enumerate(ev.layer_labels):
+        lines.append(f"| {j} {label} | " + " | ".join(f"{float(ce[n][j].mean()):.3f}" for n in ev.lenses) + " |")
+    lines += ["", "## Tokens-to-KL curves (mean over layers 0-17 of the bfloat16 KL on a fixed "
+              f"{PROBE_ROWS}-position held-out probe)", "",
+              "| run | " + " | ".join(["tokens", "mean KL"]) + " |", "|---|---|---|"]
+    for name, curve in info["curves"].items():
+        for c in curve:
+            lines.append(f"| {name} | {c['tokens']} | {sum(c['kl_layer']) / len(c['kl_layer']):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("phase", choices=["ls", "kl", "report"])
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/default_lens"))
+    ap.add_argument("--name", default="tuned")
+    ap.add_argument("--init", default="ls", choices=["ls", "zero"])
+    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--optimizer", default="sgd")
+    ap.add_argument("--ls-tokens", type=int, default=16384)
+    ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--tokens-per-step", type=int, default=128)
+    ap.add_argument("--curve-every", type=int, default=4, help="probe every N steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-rows", type=int, default=256)
+    ap.add_argument("--eval-paras", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("glt/assets/lenses/default"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model = glt.load_model("default")
+    train = wikipedia_paragraphs("train")
+    if args.phase == "ls":
+        seqs, _ = plan_sequences(model, train, seq_len=256)
+        order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        lens = fit_least_squares(model, [seqs[i] for i in order], max_tokens=args.ls_tokens)
+        lens.config.update({"model_load_name": "default", "data": WIKI_SOURCE + " train split"})
+        lens.save(args.work / "ls", extra_files={"timing.json": {"seconds": time.time() - t0}})
+        print("ls done", time.time() - t0, probe_kl(lens, probe(model, args.work), lens.unembed.W.bfloat16()))
+        return 0
+    if args.phase == "kl":
+        h = probe(model, args.work)
+        W16 = glt.LogitLens.from_model(model).unembed.W.bfloat16()
+        init = load_lens(args.work / "ls", model) if args.init == "ls" else "zero"
+        curve_file = args.work / f"{args.name}.curve.json"
+        curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+        if not curve:
+            start = init if init != "zero" else TunedLens.from_model(model)
+            curve.append({"step": 0, "tokens": 0, "kl_layer": probe_kl(start, h, W16)})
+            write_json(curve_file, curve)
+
+        def cb(step: int, tokens: int, lens) -> None:
+            last = step == args.max_tokens // args.tokens_per_step
+            if (step % args.curve_every == 0 or last) and all(c["step"] != step for c in curve):
+                curve.append({"step": step, "tokens": tokens, "kl_layer": probe_kl(lens, h, W16),
+                              "time": time.time() - t0})
+                write_json(curve_file, curve)
+                print(f"step {step} tokens {tokens} probe KL mean {sum(curve[-1]['kl_layer']) / 18:.4f}",
+                      flush=True)
+
+        lens = train_tuned_lens(
+            model, train, init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
+            lr=args.lr, optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed,
+            checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
+            data_name=WIKI_SOURCE + " train split",
+        )
+        lens.config["model_load_name"] = "default"
+        lens.save(args.work / args.name)
+        print("kl done", time.time() - t0)
+        return 0
+    return report(model, args, t0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Training data for lenses: texts cut into sequences, read positions, a seeded step plan."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glt._capture import tokenize
+from glt._errors import GltError
+
+__all__ = ["plan_sequences", "plan_steps", "read_rows"]
+
+
+def plan_sequences(
+    model: Any, texts: Sequence[str], *, seq_len: int = 256
+) -> tuple[list[list[int]], int]:
+    """Tokenise ``texts`` and cut them into sequences of at most ``seq_len`` tokens.
+
+    Each piece of a long text starts with the BOS token again when the tokenizer adds one, so
+    every sequence looks like a document start to the model. Returns ``(sequences, bos_id)``
+    (``bos_id`` -1 when the tokenizer adds no BOS).
+    """
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise GltError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    seqs: list[list[int]] = []
+    for ids in tokenize(model, list(texts), truncate=True):
+        head = [ids[0]] if bos is not None and ids and ids[0] == bos else []
+        body = ids[len(head):]
+        width = seq_len - len(head)
+        for a in range(0, max(len(body), 1), width):
+            piece = head + body[a : a + width]
+            if len(piece) >= 2:
+                seqs.append(piece)
+    return seqs, (int(bos) if bos is not None else -1)
+
+
+def read_rows(tokens: Tensor, mask: Tensor, bos: int) -> tuple[Tensor, Tensor]:
+    """``(batch_index, pos_index)`` of the real, non-BOS positions (BOS: a constant attention sink)."""
+    keep = mask & (tokens != bos)
+    return keep.nonzero(as_tuple=True)
+
+
+def plan_steps(seqs: list[list[int]], bos: int, tokens_per_step: int, seed: int, n_steps: int) -> list[list[int]]:
+    """Deterministic step plan: shuffled sequence indices grouped into ~tokens_per_step rows."""
+    out: list[list[int]] = []
+    epoch = 0
+    while len(out) < n_steps:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(seqs), generator=g).tolist()
+        cur: list[int] = []
+        count = 0
+        for i in order:
+            cur.append(i)
+            count += sum(1 for t in seqs[i] if t != bos)
+            if count >= tokens_per_step:
+                out.append(cur)
+                cur, count = [], 0
+                if len(out) == n_steps:
+                    break
+        epoch += 1
+        if epoch > 10_000:
+            raise GltError("texts hold no trainable tokens: pass longer texts")
+    return out

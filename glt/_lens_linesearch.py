@@ -1,0 +1,80 @@
+"""A well-conditioned optimiser for tuned lenses: preconditioned gradient, per-layer line search.
+
+Why: models with massive residual activations (Gemma 3: residual norms from ~30 at the
+embeddings to ~4e4 at the last layer, dominated by a few coordinates) make the KL gradient with
+respect to ``A_l`` concentrate on those coordinates, so tuned-lens's SGD recipe (lr 1) overshoots
+by orders of magnitude at the deep layers (held-out KL of the last translator 0.42 -> 49 nats after
+two steps on the default model), while a learning rate small enough for them stalls the rest.
+
+What: each step takes the KL gradient of every translator over the step's positions, divides
+column ``j`` of ``dA_l`` by ``mean(h_l[j]^2)`` (a diagonal input whitening, so every input
+coordinate moves the translator output equally), rescales the direction so that a unit step
+changes ``h + A h + b`` by 100% of its RMS norm on a set of validation positions, and then tries
+three step sizes per layer (``c/3, c, 3c`` around a per-layer centre ``c``) on those validation
+positions. Each layer keeps its best size, or none if none lowers its validation KL; the centre
+moves toward the winner. Each layer's KL depends only on its own translator, so one evaluation
+pass per candidate serves all layers at once.
+"""
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from glt._lens_loss import tiled_kl_ce
+
+__all__ = ["LineSearch"]
+
+_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+class LineSearch:
+    """Per-layer line search state over fixed validation residuals ``h_val [layer, row, d_model]``."""
+
+    def __init__(self, lens: Any, h_val: Float[Tensor, "layer row d_model"], W: Tensor, *,
+                 start: float = 0.01, tile: int = 8192) -> None:
+        self.lens, self.h, self.W, self.tile = lens, h_val.float(), W, tile
+        L = lens.n_layers
+        self.m = self.h[:-1].pow(2).mean(1) + 1e-6  # [layer, d_model] input second moments
+        self.centre = torch.full((L,), float(start))
+        self.f0 = self.val_kl(lens.weight.detach(), lens.bias.detach())
+
+    def val_kl(self, weight: Tensor, bias: Tensor) -> Float[Tensor, " layer"]:
+        """Mean validation KL per layer for translator values ``(weight, bias)``."""
+        h = self.h
+        head = h[:-1]
+        moved = head + torch.einsum("lri,loi->lro", head, weight) + bias[:, None]
+        u = self.lens.unembed
+        with torch.no_grad():
+            kl, _ = tiled_kl_ce(u, u.normalize(moved), u.normalize(h[-1]), W=self.W,
+                                compute_dtype=self.W.dtype, tile=self.tile)
+        return kl.mean(1)
+
+    def step(self, g_weight: Tensor, g_bias: Tensor) -> dict[str, Any]:
+        """Update ``lens`` in place from the mean KL gradients; returns what was chosen."""
+        lens = self.lens
+        with torch.no_grad():
+            w0, b0 = lens.weight.detach().clone(), lens.bias.detach().clone()
+            d_w = -g_weight / self.m[:, None, :]
+            d_b = -g_bias
+            head = self.h[:-1]
+            cur = head + torch.einsum("lri,loi->lro", head, w0) + b0[:, None]
+            delta = torch.einsum("lri,loi->lro", head, d_w) + d_b[:, None]
+            scale = delta.pow(2).sum(-1).mean(-1).sqrt() / cur.pow(2).sum(-1).mean(-1).sqrt()
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            d_w, d_b = d_w / scale[:, None, None], d_b / scale[:, None]
+            trials = []
+            for k in _FACTORS:
+                eta = self.centre * k
+                trials.append(self.val_kl(w0 + eta[:, None, None] * d_w, b0 + eta[:, None] * d_b))
+            f = torch.stack([self.f0] + trials)  # [1 + candidates, layer]
+            best = f.argmin(0)
+            factors = torch.tensor((0.0,) + _FACTORS)
+            eta = self.centre * factors[best]
+            lens.weight.copy_(w0 + eta[:, None, None] * d_w)
+            lens.bias.copy_(b0 + eta[:, None] * d_b)
+            self.f0 = f.gather(0, best[None])[0]
+            # move the centre toward the winner; shrink it when no candidate helped
+            self.centre = torch.where(best == 0, self.centre / 3, eta.clamp_min(1e-6))
+        return {"step_sizes": eta.tolist(), "val_kl": self.f0.tolist()}

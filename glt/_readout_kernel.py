@@ -1,0 +1,503 @@
+"""The read-out kernel: one streamed pass over vocabulary tiles, exact ranks, online softmax.
+
+For a chunk of rows (read positions) at every layer, `chunk_stats` computes the logits tile by
+tile (``[layer * rows, vocab_tile]``, a few MB so it stays in cache), reduces each tile at once
+and never keeps more than one tile per worker. Per tile it runs about ten fused-size passes:
+
+* ranks: two comparisons per target against thresholds bracketing the target's exact logit;
+* top-k: a tile max, and ``topk`` only on the rows whose tile max beats their running k-th
+  value (after the first tiles almost none do);
+* online log-sum-exp with a lazily moved shift (moved only when a tile max exceeds it by 30, so
+  usually never after the first tile), one ``exp``, its sum, and its dot with the shifted logits
+  (entropy);
+* KL(final || layer): the dot of each layer's shifted logits with the final layer's ``exp``
+  from the same tile, rescaled whenever the final layer's shift moves, so no second pass and
+  no stored probabilities are needed.
+
+Precision (the part that keeps ranks exact). The logits are *defined* as the products of the
+operands in ``matmul_dtype`` (float32 by default: the float32 normalised residual and the
+unembedding as stored; bfloat16/float16 when asked, i.e. both operands rounded to it, which is
+what a half-precision model computes itself), evaluated exactly. The tile matmul multiplies those
+operands with float32 accumulation and float32 output (never rounding logits to 16 bits, which
+would create ties). Its error is bounded for every token by
+``gamma_K * ||x|| * max_v ||W_v||`` (Cauchy-Schwarz on the classic ``gamma_K = K u / (1 - K u)``
+bound, valid for any summation order; doubled for CUDA half-precision tensor cores, whose adders
+may truncate), plus float32 rounding of a bias. Each target's logit is computed exactly (float64 products of the operands, which are
+exact, summed by a fixed pairwise tree); tokens whose tile logit lies above the band ``t +- delta``
+are counted, tokens inside it (on the default model ~50 of 262,144 per layer and row, 0.02%)
+are re-evaluated the same exact way and compared with ``t``. So ranks (count of strictly greater
+logits, ties sharing the best rank) are exact, whatever the tile sizes, threads or device; top-k
+ids are chosen from float32 candidates, re-ranked exactly (ties: lowest id first) and verified
+against the same bound (a full exact row is computed in the rare case the check fails).
+With the soft-cap (Gemma 2), ranks and top-k order use the pre-cap logits, whose order the
+strictly increasing cap preserves; probabilities use the capped logits.
+
+CPU parallelism: the vocabulary is split into one contiguous range per worker thread, each
+running single-threaded torch ops on its own tiles (no barrier per op, which matters on a busy
+machine), and the partial states are merged exactly (log-sum-exp algebra). CUDA uses one stream.
+"""
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glt._errors import GltError
+
+__all__ = ["chunk_stats", "resolve_matmul_dtype"]
+
+_SHIFT_SLACK = 30.0  # move the softmax shift only when a tile max exceeds it by this much
+_EXTRA_CANDIDATES = 4  # float32 top-k candidates kept beyond k, for the exact re-ranking
+_LOWP = (torch.bfloat16, torch.float16)
+_W_STATS: "dict[tuple, tuple[float, float]]" = {}
+_W_STATS_LOCK = threading.Lock()
+BAND_MEMBERS = [0, 0]  # diagnostics: tokens re-checked exactly, (layer, row, target) triples
+
+
+def resolve_matmul_dtype(matmul_dtype: Any) -> torch.dtype:
+    """Validate ``matmul_dtype`` (None means float32)."""
+    if matmul_dtype is None:
+        return torch.float32
+    if matmul_dtype not in (torch.float32, *_LOWP):
+        raise GltError(
+            f"matmul_dtype must be torch.float32, torch.bfloat16 or torch.float16, got "
+            f"{matmul_dtype!r}: pick one of these (float32 reproduces the float32 read-out)"
+        )
+    return matmul_dtype
+
+
+def _w_stats(W: Tensor, b: Tensor | None, dtype: torch.dtype) -> tuple[float, float]:
+    """``max_v ||W_v||`` (of the operand) and ``max |b|``, cached per weight tensor version."""
+    key = (W.data_ptr(), tuple(W.shape), W._version, str(W.device), dtype,
+           None if b is None else (b.data_ptr(), b._version))
+    with _W_STATS_LOCK:
+        hit = _W_STATS.get(key)
+    if hit is not None:
+        return hit
+    wmax = 0.0
+    for a in range(0, W.shape[0], 16384):
+        blk = W[a : a + 16384].to(dtype).double()
+        wmax = max(wmax, float(blk.norm(dim=-1).max()))
+    bmax = 0.0 if b is None else float(b.double().abs().max())
+    with _W_STATS_LOCK:
+        if len(_W_STATS) > 8:
+            _W_STATS.clear()
+        _W_STATS[key] = (wmax, bmax)
+    return wmax, bmax
+
+
+def exact_logits(x64: Tensor, w_rows: Tensor, b_rows: Tensor | None) -> Tensor:
+    """Row-wise ``x64 . w_rows (+ b)`` in float64 by a fixed pairwise tree (bitwise reproducible).
+
+    The products of float32 (or 16-bit) operands are exact in float64; the fixed tree makes the
+    sum independent of batch size, threads and device, so identical unembedding rows tie exactly.
+    """
+    out = torch.empty(x64.shape[0], dtype=torch.float64, device=x64.device)
+    step = max(1, 2**19 // max(1, x64.shape[-1]))  # <= 4 MB of products at a time
+    for a in range(0, x64.shape[0], step):
+        p = x64[a : a + step] * w_rows[a : a + step].to(torch.float64)
+        d = p.shape[-1]
+        while d > 1:
+            h = d // 2
+            q = p[:, :h] + p[:, h : 2 * h]
+            if d % 2:
+                q[:, 0] += p[:, 2 * h]
+            p, d = q, h
+        out[a : a + step] = p[:, 0]
+    if b_rows is not None:
+        out = out + b_rows.to(torch.float64)
+    return out
+
+
+@dataclass
+class _Plan:
+    """Constants shared by the workers for one chunk of rows."""
+
+    W: Tensor  # [d_vocab, d_model] as stored
+    b: Tensor | None  # [d_vocab] or None
+    cap: float | None
+    mm_dtype: torch.dtype
+    tile: int
+    n_keep: int  # float32 candidates kept per row
+    n_layer: int  # layers in the tile (rows are layer-major: index = layer * rows + row)
+    rows: int
+    x_mm: Tensor  # [R, d_model] operand rows fed to the matmul (final rows last)
+    n_gemm: int  # the first n_gemm rows come from the matmul, the rest from `final_store`
+    x64: Tensor  # [R, d_model] exact operand rows
+    delta: Tensor  # [R] float64 error bound of a tile logit
+    t64: Tensor | None  # [R, target] exact target logits (pre-cap)
+    hi: Tensor | None  # [R, target] float32, rounded up from t64 + delta
+    lo: Tensor | None  # [R, target] float32, rounded down from t64 - delta
+    final_store: Tensor | None  # [n_tiles, rows, tile] final-layer logits (prepass output)
+    stats: bool  # False in the prepass (only candidates and stored logits)
+    gate: bool  # CPU: topk only on rows whose tile max beats the running candidates
+
+    def w_rows(self, v: Tensor) -> Tensor:
+        """Unembedding rows ``v`` as the exact re-check sees them (rounded operands)."""
+        w = self.W[v]
+        return w.to(self.mm_dtype) if self.mm_dtype in _LOWP else w
+
+
+class _State:
+    """One worker's partial reductions over its vocabulary range.
+
+    Per-tile sums land in float32 ``part`` rows (one ``out=`` write each, no extra ops) and are
+    folded into the float64 totals when the shift moves and at the end.
+    """
+
+    def __init__(self, p: _Plan, n_tiles: int) -> None:
+        R, dev = p.x_mm.shape[0], p.x_mm.device
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.c: Tensor | None = None  # [R] float32 softmax shift
+        self.s = torch.zeros(R, **f64)  # sum exp(z - c)
+        self.e = torch.zeros(R, **f64)  # sum exp(z - c) (z - c)
+        self.x = torch.zeros(R, **f64)  # sum exp(z_final - c_final) (z - c)
+        n_t = 0 if p.t64 is None else p.t64.shape[1]
+        self.part = torch.zeros(n_tiles, 3, R, device=dev) if p.stats else None
+        self.p0 = self.p1 = 0  # part[p0:p1] not yet folded into the totals
+        self.count = torch.zeros(n_tiles, n_t, R, device=dev)  # tokens surely above, per tile
+        self.above = torch.zeros(R, n_t, dtype=torch.int64, device=dev)
+        self.cand_v = torch.full((R, p.n_keep), -torch.inf, device=dev)
+        self.cand_i = torch.full((R, p.n_keep), -1, dtype=torch.int64, device=dev)
+        self.floor = self.cand_v[:, -1].clone()
+        self.band = 0
+        self.pending: list[tuple[Tensor, Tensor]] = []  # band tokens: (row * n_t + target, id)
+
+
+def _fold(st: _State) -> None:
+    """Add the per-tile float32 partial sums into the float64 totals."""
+    if st.part is not None and st.p1 > st.p0:
+        tot = st.part[st.p0 : st.p1].double().sum(0)
+        st.s += tot[0]
+        st.e += tot[1]
+        st.x += tot[2]
+        st.p0 = st.p1
+
+
+def _rebase(p: _Plan, st: _State, c_new: Tensor) -> None:
+    """Re-express ``st``'s sums relative to the shift ``c_new`` (any values; exact algebra)."""
+    _fold(st)
+    dc = (st.c - c_new).double()
+    f = torch.exp(dc)
+    st.e = f * (st.e + dc * st.s)
+    s_fin = st.s[-p.rows :].repeat(p.n_layer)
+    f_fin = f[-p.rows :].repeat(p.n_layer)
+    st.x = f_fin * (st.x + dc * s_fin)
+    st.s = f * st.s
+    st.c = c_new
+
+
+def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
+    W = p.W[a:b]
+    x = p.x_mm[: p.n_gemm]
+    if p.mm_dtype == torch.float32:
+        torch.mm(x, W.T if W.dtype == torch.float32 else W.float().T, out=y)
+    elif x.is_cuda:
+        y.copy_(torch.mm(x, W.to(p.mm_dtype).T, out_dtype=torch.float32))
+    else:  # emulate: products of 16-bit operands are exact in float32, accumulate in float32
+        torch.mm(x, W.to(p.mm_dtype).float().T, out=y)
+
+
+def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int, t: int) -> None:
+    """Count tile ``y``'s tokens (pre-cap) surely above each target; note those in the band.
+
+    Comparisons write float 0/1 masks and sum them as floats (exact below 2**24 per row): several
+    times faster on CPU than boolean masks and integer sums.
+    """
+    n_t = p.t64.shape[1]
+    for j in range(n_t):
+        n_gt = torch.sum(torch.gt(y, p.hi[:, j : j + 1], out=gt), -1, out=st.count[t, j])
+        n_ge = torch.ge(y, p.lo[:, j : j + 1], out=ge).sum(-1)
+        n_band = n_ge.sub_(n_gt)
+        rr = n_band.nonzero().flatten()
+        if rr.numel() == 0:
+            continue
+        band = ge.sub_(gt)  # 1.0 inside [lo, hi]
+        nb = n_band[rr]
+        one = nb == 1
+        if bool(one.all()):  # the usual case: one token per row, found by argmax
+            r, col = rr, band[rr].argmax(-1)
+        else:
+            r1 = rr[one]
+            rk = rr[~one]
+            val, colk = band[rk].topk(int(nb.max()), -1)
+            i, kk = (val > 0).nonzero(as_tuple=True)
+            r = torch.cat([r1, rk[i]])
+            col = torch.cat([band[r1].argmax(-1), colk[i, kk]])
+        st.pending.append((r * n_t + j, col + a))
+
+
+def _resolve_band(p: _Plan, st: _State) -> None:
+    """Compare the band's tokens with their targets in exact arithmetic."""
+    if not st.pending:
+        return
+    rj = torch.cat([q[0] for q in st.pending])
+    v = torch.cat([q[1] for q in st.pending])
+    st.pending = []
+    n_t = p.t64.shape[1]
+    r = rj // n_t
+    ex = exact_logits(p.x64[r], p.w_rows(v), None if p.b is None else p.b[v])
+    up = (ex > p.t64.flatten()[rj]).long()
+    st.above.view(-1).index_add_(0, rj, up)
+    st.band += int(rj.numel())
+
+
+def _candidates(p: _Plan, st: _State, y: Tensor, tmax: Tensor, a: int) -> None:
+    """Keep the ``n_keep`` best float32 logits (pre-cap) of each row seen so far."""
+    k = min(p.n_keep, y.shape[1])
+    if p.gate:
+        rr = torch.gt(tmax, st.floor).nonzero().flatten()
+        if rr.numel() == 0:
+            return
+        tv, ti = y[rr].topk(k, -1)
+        cv, ci = torch.cat([st.cand_v[rr], tv], -1), torch.cat([st.cand_i[rr], ti + a], -1)
+        cv, sel = cv.topk(p.n_keep, -1)
+        st.cand_v[rr], st.cand_i[rr] = cv, ci.gather(-1, sel)
+        st.floor[rr] = cv[:, -1]
+    else:
+        tv, ti = y.topk(k, -1)
+        cv, ci = torch.cat([st.cand_v, tv], -1), torch.cat([st.cand_i, ti + a], -1)
+        st.cand_v, sel = cv.topk(p.n_keep, -1)
+        st.cand_i = ci.gather(-1, sel)
+        st.floor = st.cand_v[:, -1]
+
+
+def _scan(p: _Plan, tiles: range) -> _State:
+    """Reduce vocabulary tiles ``tiles`` (indices of ``p.tile``-wide slices) into a state."""
+    st = _State(p, len(tiles))
+    R, dev = p.x_mm.shape[0], p.x_mm.device
+    d_vocab = p.W.shape[0]
+    ybuf = torch.empty(R * p.tile, device=dev)
+    ebuf = torch.empty(R * p.tile, device=dev) if p.stats else None
+    mbuf = torch.empty(R * p.tile, device=dev) if p.t64 is not None else None
+    counting = p.t64 is not None and p.t64.shape[1] > 0
+    for t, j in enumerate(tiles):
+        a = j * p.tile
+        b = min(a + p.tile, d_vocab)
+        w = b - a
+        y = ybuf[: R * w].view(R, w)
+        if p.n_gemm:
+            _matmul(p, a, b, y[: p.n_gemm])
+        if p.n_gemm < R:
+            y[p.n_gemm :] = p.final_store[j, :, :w]
+        if p.b is not None and p.n_gemm:
+            y[: p.n_gemm] += p.b[a:b].float()
+        if not p.stats:  # prepass: store the final layer's logits, track candidates
+            p.final_store[j, :, :w] = y
+            _candidates(p, st, y, y.amax(-1), a)
+            continue
+        if counting:
+            _count_ranks(p, st, y, ebuf[: R * w].view(R, w), mbuf[: R * w].view(R, w), a, t)
+        tmax = y.amax(-1)
+        _candidates(p, st, y, tmax, a)
+        if p.cap is not None:
+            y.div_(p.cap).tanh_().mul_(p.cap)
+            tmax = torch.tanh(tmax / p.cap) * p.cap
+        if st.c is None:
+            st.c = tmax.clone()
+            c_move = st.c + _SHIFT_SLACK
+        elif not p.gate or bool(torch.gt(tmax, c_move).any()):
+            _rebase(p, st, torch.where(tmax > c_move, tmax, st.c))
+            c_move = st.c + _SHIFT_SLACK
+        y.sub_(st.c[:, None])
+        # exp below e^-80 contributes < 1e-29 of the sum (the shift is within 30 of the max),
+        # and torch's exp takes a slow path that costs as much as the matmul where it underflows
+        e = torch.clamp(y, min=-80.0, out=ebuf[: R * w].view(R, w)).exp_()
+        part = st.part[t]
+        torch.sum(e, -1, out=part[0])
+        torch.linalg.vecdot(e, y, out=part[1])
+        ef = e[-p.rows :].view(1, p.rows, w)
+        torch.linalg.vecdot(y.view(p.n_layer, p.rows, w), ef, out=part[2].view(p.n_layer, p.rows))
+        st.p1 = t + 1
+        if len(st.pending) >= 64:
+            _resolve_band(p, st)
+    _resolve_band(p, st)
+    _fold(st)
+    st.above += st.count.double().sum(0).T.long()
+    return st
+
+
+def _merge(p: _Plan, parts: list[_State]) -> _State:
+    """Combine the workers' states (disjoint vocabulary ranges) exactly."""
+    parts = [s for s in parts if s.c is not None or not p.stats]
+    out = parts[0]
+    if p.stats:
+        c = torch.stack([s.c for s in parts]).amax(0)
+        for s in parts:
+            _rebase(p, s, c)
+        out.s = sum(s.s for s in parts)
+        out.e = sum(s.e for s in parts)
+        out.x = sum(s.x for s in parts)
+        out.above = sum(s.above for s in parts)
+    out.cand_v = torch.cat([s.cand_v for s in parts], -1)
+    out.cand_i = torch.cat([s.cand_i for s in parts], -1)
+    out.floor = torch.stack([s.cand_v[:, -1] for s in parts]).amax(0)
+    out.band = sum(s.band for s in parts)
+    return out
+
+
+def _run(p: _Plan, workers: int) -> _State:
+    n_tiles = -(-p.W.shape[0] // p.tile)
+    workers = max(1, min(workers, n_tiles))
+    bounds = [n_tiles * i // workers for i in range(workers + 1)]
+    ranges = [range(bounds[i], bounds[i + 1]) for i in range(workers)]
+    if p.x_mm.is_cuda:
+        return _merge(p, [_scan(p, ranges[0])])
+    results: list[Any] = [None] * workers
+    n_threads = torch.get_num_threads()
+
+    def work(i: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            with torch.no_grad():
+                results[i] = _scan(p, ranges[i])
+        except BaseException as err:  # re-raised in the caller's thread
+            results[i] = err
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(n_threads)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return _merge(p, results)
+
+
+def _exact_topk(p: _Plan, st: _State, k: int, x64: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact top-k ``(logit64 pre-cap, id)`` per row, best first, ties by lowest id."""
+    ids = st.cand_i
+    valid = ids >= 0
+    safe = ids.clamp_min(0)
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)
+    b = None if p.b is None else p.b[safe.flatten()]
+    ex = exact_logits(x64[rows.flatten()], p.w_rows(safe.flatten()), b).view(ids.shape)
+    ex = torch.where(valid, ex, -torch.inf)
+    order = torch.sort(torch.where(valid, ids, torch.iinfo(torch.int64).max), -1).indices
+    ex, ids = ex.gather(-1, order), ids.gather(-1, order)
+    ex, order = torch.sort(ex, dim=-1, descending=True, stable=True)
+    ids = ids.gather(-1, order)
+    top_v, top_i = ex[:, :k], ids[:, :k]
+    bad = (top_v[:, -1] <= st.floor.double() + p.delta) & torch.isfinite(st.floor)
+    for r in bad.nonzero().flatten().tolist():  # rare: a near-tie at the candidate boundary
+        full = torch.cat([
+            exact_logits(x64[r].expand(min(4096, p.W.shape[0] - a), -1),
+                         p.w_rows(torch.arange(a, min(a + 4096, p.W.shape[0]), device=x64.device)),
+                         None if p.b is None else p.b[a : a + 4096])
+            for a in range(0, p.W.shape[0], 4096)
+        ])
+        order = torch.sort(-full, stable=True).indices[:k]
+        top_v[r], top_i[r] = full[order], order
+    return top_v, top_i
+
+
+def _bounds(x_op: Tensor, wmax: float, bmax: float, cuda_lowp: bool) -> Tensor:
+    """Half-width of the band that contains every exact logit around its tile value."""
+    K = x_op.shape[-1]
+    u = 2.0**-24
+    gamma = K * u / (1 - K * u)
+    safety = 2.0 if cuda_lowp else 1.0  # tensor cores may truncate instead of rounding
+    xn = x_op.double().norm(dim=-1)
+    return safety * gamma * (xn * wmax) + 2 * u * (xn * wmax + bmax) * (bmax > 0) + 1e-300
+
+
+def _outward(t: Tensor, up: bool) -> Tensor:
+    f = t.float()
+    inf = torch.full_like(f, torch.inf if up else -torch.inf)
+    off = (f.double() < t) if up else (f.double() > t)
+    return torch.where(off, torch.nextafter(f, inf), f)
+
+
+def chunk_stats(
+    unembed: Any,
+    x: Tensor,
+    targets: Tensor | None,
+    top_k: int,
+    *,
+    tile: int,
+    matmul_dtype: torch.dtype,
+    workers: int,
+) -> dict[str, Tensor]:
+    """Every statistic for ``x`` ``[layer, rows, d_model]`` (normalised, float32).
+
+    ``targets`` ``[rows, target]`` or None (the final layer's exact top-1, lowest id on ties).
+    Returns ranks, target_logprobs, topk_ids, topk_logprobs, entropy, kl_to_final and targets.
+    """
+    n_layer, rows, d_model = x.shape
+    W, b, cap = unembed.W, unembed.b, unembed.softcap
+    d_vocab = W.shape[0]
+    if not bool(torch.isfinite(x).all()):
+        raise GltError("normalised residuals contain NaN/inf: check the residual stack's values")
+    if matmul_dtype == torch.float16 and float(x.abs().max()) >= 65504:
+        raise GltError("residuals overflow float16 after the final norm: use matmul_dtype=torch.bfloat16")
+    lowp = matmul_dtype in _LOWP
+    wmax, bmax = _w_stats(W, b, matmul_dtype if lowp else W.dtype)
+    if lowp and matmul_dtype == torch.float16 and not math.isfinite(wmax):
+        raise GltError("the unembedding overflows float16: use matmul_dtype=torch.bfloat16")
+    flat = x.reshape(n_layer * rows, d_model)
+    x_op = flat.to(matmul_dtype) if lowp else flat
+    x64 = x_op.double()
+    if lowp and not x.is_cuda:
+        x_mm = x_op.float()
+    else:
+        x_mm = x_op.contiguous()
+    k = min(top_k, d_vocab)
+    n_keep = min(k + _EXTRA_CANDIDATES, d_vocab)
+    delta = _bounds(x_op, wmax, bmax, lowp and x.is_cuda)
+    n_tiles = -(-d_vocab // tile)
+    common = dict(W=W, b=b, cap=cap, mm_dtype=matmul_dtype, tile=tile, n_keep=n_keep,
+                  rows=rows, gate=not x.is_cuda)
+    store = None
+    if targets is None:  # prepass: final-layer logits (kept) and their exact top-1
+        store = torch.empty(n_tiles, rows, tile, device=x.device)
+        pre = _Plan(**common, n_layer=1, x_mm=x_mm[-rows:], n_gemm=rows, x64=x64[-rows:],
+                    delta=delta[-rows:], t64=None, hi=None, lo=None, final_store=store,
+                    stats=False)
+        st = _run(pre, workers)
+        _, top1 = _exact_topk(pre, st, 1, x64[-rows:])
+        targets = top1
+    n_t = targets.shape[1]
+    wt = W[targets.flatten()].view(rows, n_t, d_model)
+    rr = torch.arange(n_layer * rows, device=x.device) % rows
+    w_rows = wt[rr].reshape(-1, d_model)
+    b_rows = None if b is None else b[targets[rr].flatten()]
+    if lowp:
+        w_rows = w_rows.to(matmul_dtype)
+    t64 = exact_logits(x64.repeat_interleave(n_t, 0), w_rows, b_rows).view(-1, n_t)
+    dl = delta[:, None]
+    plan = _Plan(**common, n_layer=n_layer, x_mm=x_mm,
+                 n_gemm=n_layer * rows if store is None else (n_layer - 1) * rows,
+                 x64=x64, delta=delta, t64=t64, hi=_outward(t64 + dl, True),
+                 lo=_outward(t64 - dl, False), final_store=store, stats=True)
+    st = _run(plan, workers)
+    with _W_STATS_LOCK:
+        BAND_MEMBERS[0] += st.band
+        BAND_MEMBERS[1] += n_layer * rows * n_t
+    top_v, top_i = _exact_topk(plan, st, k, x64)
+    lse = st.c.double() + torch.log(st.s)
+    ent = torch.log(st.s) - st.e / st.s
+    s_fin = st.s[-rows:].repeat(n_layer)
+    cross = st.x / s_fin  # sum_v p_final(v) (z_layer(v) - c_layer)
+    kl = (-ent[-rows:].repeat(n_layer) - cross + torch.log(st.s)).clamp_min(0.0)
+    kl[-rows:] = 0.0
+
+    def capped(v: Tensor) -> Tensor:
+        return v if cap is None else torch.tanh(v / cap) * cap
+
+    shape = (n_layer, rows)
+    return {
+        "targets": targets,
+        "ranks": st.above.view(*shape, n_t),
+        "target_logprobs": (capped(t64) - lse[:, None]).float().view(*shape, n_t),
+        "topk_ids": top_i.view(*shape, k),
+        "topk_logprobs": (capped(top_v) - lse[:, None]).float().view(*shape, k),
+        "entropy": ent.float().view(shape),
+        "kl_to_final": kl.float().view(shape),
+    }

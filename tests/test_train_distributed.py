@@ -1,0 +1,61 @@
+"""Data-parallel training under torchrun (gloo, 2 CPU processes) equals one process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import make_tiny_folder
+from test_train import TRAIN
+
+import glt
+from glt._train import train_tuned_lens
+from glt._tuned_lens import load_lens
+
+SETTINGS = dict(max_tokens=300, tokens_per_step=100, least_squares_tokens=100_000, seed=4, row_chunk=16)
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    import torch.distributed as dist
+    import glt
+    from glt._train import train_tuned_lens
+
+    folder, out, settings, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    model = glt.load_model(folder)
+    lens = train_tuned_lens(model, texts, progress=False, out=out, **settings)
+    rows = lens.config["training"]["history"][-1]["rows"]
+    print(f"rank {dist.get_rank()} of {dist.get_world_size()} done, rows {rows}")
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("optimizer", ["sgd", "linesearch"])
+def test_two_process_gloo_training_equals_one_process(tiny_root, tmp_path, optimizer):
+    settings = {**SETTINGS, "optimizer": optimizer}
+    folder = make_tiny_folder("llama", tiny_root)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(folder), str(tmp_path / "ddp"), json.dumps(settings), json.dumps(TRAIN)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2 done" in done.stdout and "rank 1 of 2 done" in done.stdout
+    model = glt.load_model(str(folder))
+    single = train_tuned_lens(model, TRAIN, progress=False, **settings)
+    ddp = load_lens(tmp_path / "ddp", model)
+    assert ddp.config["training"]["world_size"] == 2
+    assert [h["rows"] for h in ddp.config["training"]["history"]] == [
+        h["rows"] for h in single.config["training"]["history"]
+    ]
+    torch.testing.assert_close(ddp.weight, single.weight.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ddp.bias, single.bias.detach(), rtol=1e-4, atol=1e-5)
