@@ -186,7 +186,7 @@ class TokenFrequency:
     @classmethod
     def from_texts(
         cls,
-        texts: Iterable[str],
+        texts: Iterable[Any],
         tokenizer: Any,
         *,
         edges: Sequence[int] = DEFAULT_EDGES,

@@ -405,7 +405,7 @@ def _evaluate(model: Any, lens: Any, prompts: list[MCPrompt], skipped: list, bar
         final_top1=torch.stack([parts[i][2] for i in range(n)]).long(), skipped=tuple(skipped), **meta)
 
 
-def run_multiple_choice(model: Any, lens: Any, items: Sequence[Any] | None = None, *, task: str = "mmlu",
+def run_multiple_choice(model: Any, lens: Any, items: Any = None, *, task: str = "mmlu",
                         n_items: int = 100, shots: int = 4, top_k_format: int = 10,
                         permute_symbols: bool | str | Sequence[str] = False, seed: int = 0,
                         batch_size: int = 4, progress: bool = True) -> MultipleChoiceResult:

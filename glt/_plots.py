@@ -23,8 +23,8 @@ from glt._style import (
     as_numpy,
     category_colors,
     glt_style,
-    lens_linestyle,
     new_axes,
+    new_figure,
     safe_text,
     set_layer_axis,
     with_n,
@@ -96,6 +96,7 @@ def plot_rank_curves(
     band: bool = True,
     lens: str | None = None,
     title: str | None = None,
+    ylabel: str = "rank of the tracked token",
 ) -> Any:
     """Rank of the tracked token over depth per category: median line, interquartile band.
 
@@ -106,8 +107,9 @@ def plot_rank_curves(
         target: which target slot of the read-out to plot.
         ax: axes to draw into; default a new figure.
         band: draw the 25-75% band.
-        lens: lens name, sets the line style (default: the read-out's lens).
+        lens: lens name, shown as the legend title (default: the read-out's lens).
         title: axes title.
+        ylabel: what the tracked token is (the axis adds the rank convention).
 
     Returns:
         The figure (new axes) or the given axes. Line y-data are the medians of ``rank + 1``.
@@ -124,14 +126,13 @@ def plot_rank_curves(
             med, q25, q75 = rank_quantiles(r)
             x = np.arange(r.shape[0])
             n_layers = r.shape[0] - 1
-            axes.plot(x, med, color=color, ls=lens_linestyle(lens or "tuned"), marker="o",
-                      ms=3, label=with_n(name, r.shape[1]))
+            axes.plot(x, med, color=color, marker="o", ms=3, label=with_n(name, r.shape[1]))
             if band:
                 axes.fill_between(x, q25, q75, color=color, alpha=0.15, lw=0)
         if n_layers is None:
             raise GltError("data holds no items: pass at least one category with ranks")
         axes.set_yscale("log")
-        axes.set_ylabel("rank of the final top-1 (1 = top; median, IQR band)")
+        axes.set_ylabel(f"{ylabel}\n(1 = top-1; median, 25-75% band)")
         set_layer_axis(axes, n_layers)
         axes.legend(title=f"{lens} lens" if lens else None)
         axes.set_title(title or "Rank over depth")
@@ -369,10 +370,8 @@ def plot_side_by_side(
             raise GltError(
                 f"no default plot for {type(left).__name__}: pass plot=<a glt plot_* function>"
             )
-    from matplotlib.figure import Figure
-
     with glt_style():
-        fig = Figure(figsize=figsize or (12.0, 4.2), layout="constrained")
+        fig = new_figure(figsize or (12.0, 4.2))
         axes = fig.subplots(1, 2, sharey=sharey)
         for a, res, i in zip(axes, (left, right), range(2), strict=True):
             plot(res, ax=a, **kwargs)

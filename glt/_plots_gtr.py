@@ -21,6 +21,7 @@ from glt._style import (
     bucket_colors,
     glt_style,
     new_axes,
+    new_figure,
     set_layer_axis,
     with_n,
 )
@@ -126,9 +127,7 @@ def plot_flip_split(result: Any, *, axes: Sequence[Any] | None = None, min_n: in
     order = ("right->right", "wrong->right", "right->wrong", "wrong->wrong")
     with glt_style():
         if axes is None:
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(3.1 * n_b + 1.5, 3.6), layout="constrained")
+            fig = new_figure((3.1 * n_b + 1.5, 3.6))
             axes = fig.subplots(1, n_b, sharey=True)
             axes = np.atleast_1d(axes)
         else:
@@ -168,8 +167,8 @@ def plot_rank_by_bucket(result: Any, *, ax: Any = None, title: str | None = None
     final_b = as_numpy(result.bucket)[-1]
     groups = {lab: ranks[:, final_b == b] for b, lab in enumerate(result.bucket_labels)
               if (final_b == b).any()}
-    return plot_rank_curves(groups, ax=ax, lens=result.lens,
-                            title=title or f"Rank of the final top-1 by its bucket ({result.lens} lens)")
+    return plot_rank_curves(groups, ax=ax, lens=result.lens, ylabel="rank of the final top-1",
+                            title=title or f"Rank of the final top-1 by its frequency bucket ({result.lens} lens)")
 
 
 def _pos_subset(result: Any, subset: str | None) -> str:
@@ -221,7 +220,7 @@ def plot_pos_ranks(result: Any, *, labels: Sequence[str] | None = None, subset: 
     groups = {t: ranks[:, (tags == t) & sel] for t in labels if ((tags == t) & sel).any()}
     if not groups:
         raise GltError(f"no {subset} items for tags {labels}")
-    return plot_rank_curves(groups, ax=ax, lens=result.lens,
+    return plot_rank_curves(groups, ax=ax, lens=result.lens, ylabel="rank of the next word's first token",
                             title=title or f"Part of speech: rank of the next word over depth ({subset} items)")
 
 
@@ -268,7 +267,7 @@ def plot_fact_ranks(result: Any, *, outcome: str = "correct", ax: Any = None, ti
               for n, j in _fact_groups(result, outcome) if ((ln == n) & (pos == j) & ok).any()}
     if not groups:
         raise GltError(f"no {outcome} answer tokens in the result: try outcome='incorrect'")
-    return plot_rank_curves(groups, ax=ax, lens=result.lens,
+    return plot_rank_curves(groups, ax=ax, lens=result.lens, ylabel="rank of the answer token",
                             title=title or f"Fact recall: rank of the answer token ({outcome} tokens)")
 
 

@@ -21,6 +21,7 @@ from glt._style import (
     category_colors,
     glt_style,
     new_axes,
+    new_figure,
     set_layer_axis,
     with_n,
 )
@@ -144,10 +145,8 @@ def plot_mc_decision(
 
 def plot_multiple_choice(result: Any, *, figsize: tuple[float, float] = (11.5, 4.0)) -> Any:
     """Format (left) and decision (right) curves of one multiple-choice result in one figure."""
-    from matplotlib.figure import Figure
-
     with glt_style():
-        fig = Figure(figsize=figsize, layout="constrained")
+        fig = new_figure(figsize)
         a, b = fig.subplots(1, 2)
         plot_mc_format(result, ax=a)
         plot_mc_decision(result, ax=b)

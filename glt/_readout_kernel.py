@@ -7,12 +7,12 @@ and never keeps more than one tile per worker. Per tile it runs about ten fused-
 * ranks: two comparisons per target against thresholds bracketing the target's exact logit;
 * top-k: a tile max, and ``topk`` only on the rows whose tile max beats their running k-th
   value (after the first tiles almost none do);
-* online log-sum-exp with a lazily moved shift (moved only when a tile max exceeds it by 30, so
-  usually never after the first tile), one ``exp``, its sum, and its dot with the shifted logits
-  (entropy);
+* log-sum-exp pieces relative to the tile's own max: one ``exp``, its sum, and its dot with the
+  shifted logits (entropy), stored per tile and folded in tile order in float64 at the end
+  (exact log-sum-exp algebra), so results do not depend on which worker took which tile;
 * KL(final || layer): the dot of each layer's shifted logits with the final layer's ``exp``
-  from the same tile, rescaled whenever the final layer's shift moves, so no second pass and
-  no stored probabilities are needed.
+  from the same tile, rescaled in the same fold, so no second pass and no stored
+  probabilities are needed.
 
 Precision (the part that keeps ranks exact). The logits are *defined* as the products of the
 operands in ``matmul_dtype`` (float32 by default: the float32 normalised residual and the
@@ -32,11 +32,12 @@ against the same bound (a full exact row is computed in the rare case the check 
 With the soft-cap (Gemma 2), ranks and top-k order use the pre-cap logits, whose order the
 strictly increasing cap preserves; probabilities use the capped logits.
 
-CPU parallelism: the vocabulary is split into one contiguous range per worker thread, each
-running single-threaded torch ops on its own tiles (no barrier per op, which matters on a busy
-machine), and the partial states are merged exactly (log-sum-exp algebra). CUDA uses one stream.
+CPU parallelism: worker threads draw tiles from one queue, each running single-threaded torch
+ops on its own tile (no barrier per op, and no worker idles while another is descheduled, which
+matters on a busy machine). CUDA uses one stream.
 """
 
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -49,7 +50,6 @@ from glt._errors import GltError
 
 __all__ = ["chunk_stats", "resolve_matmul_dtype"]
 
-_SHIFT_SLACK = 30.0  # move the softmax shift only when a tile max exceeds it by this much
 _EXTRA_CANDIDATES = 4  # float32 top-k candidates kept beyond k, for the exact re-ranking
 _LOWP = (torch.bfloat16, torch.float16)
 _W_STATS: "dict[tuple, tuple[float, float]]" = {}
@@ -133,6 +133,8 @@ class _Plan:
     lo: Tensor | None  # [R, target] float32, rounded down from t64 - delta
     final_store: Tensor | None  # [n_tiles, rows, tile] final-layer logits (prepass output)
     stats: bool  # False in the prepass (only candidates and stored logits)
+    tile_sums: Tensor | None  # [n_tiles, 4, R] per tile: shift c (tile max), sum e, sum e(z-c), KL dot
+    tile_count: Tensor | None  # [n_tiles, target, R] tokens surely above each target, per tile
     gate: bool  # CPU: topk only on rows whose tile max beats the running candidates
 
     def w_rows(self, v: Tensor) -> Tensor:
@@ -142,52 +144,17 @@ class _Plan:
 
 
 class _State:
-    """One worker's partial reductions over its vocabulary range.
+    """One worker's candidates and band tokens (its tiles' sums go straight into the plan)."""
 
-    Per-tile sums land in float32 ``part`` rows (one ``out=`` write each, no extra ops) and are
-    folded into the float64 totals when the shift moves and at the end.
-    """
-
-    def __init__(self, p: _Plan, n_tiles: int) -> None:
+    def __init__(self, p: _Plan) -> None:
         R, dev = p.x_mm.shape[0], p.x_mm.device
-        f64 = dict(dtype=torch.float64, device=dev)
-        self.c: Tensor | None = None  # [R] float32 softmax shift
-        self.s = torch.zeros(R, **f64)  # sum exp(z - c)
-        self.e = torch.zeros(R, **f64)  # sum exp(z - c) (z - c)
-        self.x = torch.zeros(R, **f64)  # sum exp(z_final - c_final) (z - c)
-        n_t = 0 if p.t64 is None else p.t64.shape[1]
-        self.part = torch.zeros(n_tiles, 3, R, device=dev) if p.stats else None
-        self.p0 = self.p1 = 0  # part[p0:p1] not yet folded into the totals
-        self.count = torch.zeros(n_tiles, n_t, R, device=dev)  # tokens surely above, per tile
-        self.above = torch.zeros(R, n_t, dtype=torch.int64, device=dev)
         self.cand_v = torch.full((R, p.n_keep), -torch.inf, device=dev)
         self.cand_i = torch.full((R, p.n_keep), -1, dtype=torch.int64, device=dev)
         self.floor = self.cand_v[:, -1].clone()
         self.band = 0
         self.pending: list[tuple[Tensor, Tensor]] = []  # band tokens: (row * n_t + target, id)
-
-
-def _fold(st: _State) -> None:
-    """Add the per-tile float32 partial sums into the float64 totals."""
-    if st.part is not None and st.p1 > st.p0:
-        tot = st.part[st.p0 : st.p1].double().sum(0)
-        st.s += tot[0]
-        st.e += tot[1]
-        st.x += tot[2]
-        st.p0 = st.p1
-
-
-def _rebase(p: _Plan, st: _State, c_new: Tensor) -> None:
-    """Re-express ``st``'s sums relative to the shift ``c_new`` (any values; exact algebra)."""
-    _fold(st)
-    dc = (st.c - c_new).double()
-    f = torch.exp(dc)
-    st.e = f * (st.e + dc * st.s)
-    s_fin = st.s[-p.rows :].repeat(p.n_layer)
-    f_fin = f[-p.rows :].repeat(p.n_layer)
-    st.x = f_fin * (st.x + dc * s_fin)
-    st.s = f * st.s
-    st.c = c_new
+        n_t = 0 if p.t64 is None else p.t64.shape[1]
+        self.above = torch.zeros(R * n_t, dtype=torch.int64, device=dev)  # from the band
 
 
 def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
@@ -201,7 +168,7 @@ def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
         torch.mm(x, W.to(p.mm_dtype).float().T, out=y)
 
 
-def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int, t: int) -> None:
+def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int, j_tile: int) -> None:
     """Count tile ``y``'s tokens (pre-cap) surely above each target; note those in the band.
 
     Comparisons write float 0/1 masks and sum them as floats (exact below 2**24 per row): several
@@ -209,7 +176,7 @@ def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int
     """
     n_t = p.t64.shape[1]
     for j in range(n_t):
-        n_gt = torch.sum(torch.gt(y, p.hi[:, j : j + 1], out=gt), -1, out=st.count[t, j])
+        n_gt = torch.sum(torch.gt(y, p.hi[:, j : j + 1], out=gt), -1, out=p.tile_count[j_tile, j])
         n_ge = torch.ge(y, p.lo[:, j : j + 1], out=ge).sum(-1)
         n_band = n_ge.sub_(n_gt)
         rr = n_band.nonzero().flatten()
@@ -241,7 +208,7 @@ def _resolve_band(p: _Plan, st: _State) -> None:
     r = rj // n_t
     ex = exact_logits(p.x64[r], p.w_rows(v), None if p.b is None else p.b[v])
     up = (ex > p.t64.flatten()[rj]).long()
-    st.above.view(-1).index_add_(0, rj, up)
+    st.above.index_add_(0, rj, up)
     st.band += int(rj.numel())
 
 
@@ -265,16 +232,21 @@ def _candidates(p: _Plan, st: _State, y: Tensor, tmax: Tensor, a: int) -> None:
         st.floor = st.cand_v[:, -1]
 
 
-def _scan(p: _Plan, tiles: range) -> _State:
-    """Reduce vocabulary tiles ``tiles`` (indices of ``p.tile``-wide slices) into a state."""
-    st = _State(p, len(tiles))
+def _scan(p: _Plan, queue: Any) -> _State:
+    """Reduce the vocabulary tiles drawn from ``queue`` (shared by the workers) into a state.
+
+    Each tile's sums are taken relative to the tile's own max and stored under the tile's index,
+    so the result does not depend on which worker drew which tile (bitwise reproducible).
+    """
+    st = _State(p)
     R, dev = p.x_mm.shape[0], p.x_mm.device
     d_vocab = p.W.shape[0]
+    n_tiles = -(-d_vocab // p.tile)
     ybuf = torch.empty(R * p.tile, device=dev)
     ebuf = torch.empty(R * p.tile, device=dev) if p.stats else None
     mbuf = torch.empty(R * p.tile, device=dev) if p.t64 is not None else None
     counting = p.t64 is not None and p.t64.shape[1] > 0
-    for t, j in enumerate(tiles):
+    while (j := next(queue)) < n_tiles:
         a = j * p.tile
         b = min(a + p.tile, d_vocab)
         w = b - a
@@ -290,85 +262,85 @@ def _scan(p: _Plan, tiles: range) -> _State:
             _candidates(p, st, y, y.amax(-1), a)
             continue
         if counting:
-            _count_ranks(p, st, y, ebuf[: R * w].view(R, w), mbuf[: R * w].view(R, w), a, t)
-        tmax = y.amax(-1)
+            _count_ranks(p, st, y, ebuf[: R * w].view(R, w), mbuf[: R * w].view(R, w), a, j)
+        sums = p.tile_sums[j]
+        tmax = torch.amax(y, -1, out=sums[0])
         _candidates(p, st, y, tmax, a)
         if p.cap is not None:
             y.div_(p.cap).tanh_().mul_(p.cap)
-            tmax = torch.tanh(tmax / p.cap) * p.cap
-        if st.c is None:
-            st.c = tmax.clone()
-            c_move = st.c + _SHIFT_SLACK
-        elif not p.gate or bool(torch.gt(tmax, c_move).any()):
-            _rebase(p, st, torch.where(tmax > c_move, tmax, st.c))
-            c_move = st.c + _SHIFT_SLACK
-        y.sub_(st.c[:, None])
-        # exp below e^-80 contributes < 1e-29 of the sum (the shift is within 30 of the max),
-        # and torch's exp takes a slow path that costs as much as the matmul where it underflows
+            torch.amax(y, -1, out=sums[0])
+        y.sub_(sums[0][:, None])
+        # exp below e^-80 adds < 1e-29 of the sum (the tile max gives e^0 = 1), and torch's exp
+        # takes a slow path that costs as much as the matmul where it underflows
         e = torch.clamp(y, min=-80.0, out=ebuf[: R * w].view(R, w)).exp_()
-        part = st.part[t]
-        torch.sum(e, -1, out=part[0])
-        torch.linalg.vecdot(e, y, out=part[1])
+        torch.sum(e, -1, out=sums[1])
+        torch.linalg.vecdot(e, y, out=sums[2])
         ef = e[-p.rows :].view(1, p.rows, w)
-        torch.linalg.vecdot(y.view(p.n_layer, p.rows, w), ef, out=part[2].view(p.n_layer, p.rows))
-        st.p1 = t + 1
+        torch.linalg.vecdot(y.view(p.n_layer, p.rows, w), ef, out=sums[3].view(p.n_layer, p.rows))
         if len(st.pending) >= 64:
             _resolve_band(p, st)
     _resolve_band(p, st)
-    _fold(st)
-    st.above += st.count.double().sum(0).T.long()
     return st
 
 
-def _merge(p: _Plan, parts: list[_State]) -> _State:
-    """Combine the workers' states (disjoint vocabulary ranges) exactly."""
-    parts = [s for s in parts if s.c is not None or not p.stats]
-    out = parts[0]
-    if p.stats:
-        c = torch.stack([s.c for s in parts]).amax(0)
-        for s in parts:
-            _rebase(p, s, c)
-        out.s = sum(s.s for s in parts)
-        out.e = sum(s.e for s in parts)
-        out.x = sum(s.x for s in parts)
-        out.above = sum(s.above for s in parts)
-    out.cand_v = torch.cat([s.cand_v for s in parts], -1)
-    out.cand_i = torch.cat([s.cand_i for s in parts], -1)
-    out.floor = torch.stack([s.cand_v[:, -1] for s in parts]).amax(0)
-    out.band = sum(s.band for s in parts)
-    return out
+def _combine(p: _Plan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fold the per-tile sums, in tile order and float64, into ``(c, s, e, x)`` per row.
+
+    With ``c`` the row max: ``s = sum exp(z - c)``, ``e = sum exp(z - c) (z - c)`` and
+    ``x = sum exp(z_final - c_final) (z - c)`` (exact log-sum-exp algebra).
+    """
+    t = p.tile_sums.double()
+    c_t, s_t, e_t, x_t = t[:, 0], t[:, 1], t[:, 2], t[:, 3]
+    c = c_t.amax(0)
+    dc = c_t - c
+    f = torch.exp(dc)
+    s = (f * s_t).sum(0)
+    e = (f * (e_t + dc * s_t)).sum(0)
+    fin = slice(-p.rows, None)
+    f_fin = f[:, fin].repeat(1, p.n_layer)
+    s_fin = s_t[:, fin].repeat(1, p.n_layer)
+    x = (f_fin * (x_t + dc * s_fin)).sum(0)
+    return c, s, e, x
 
 
 def _run(p: _Plan, workers: int) -> _State:
+    """Scan every tile with ``workers`` threads pulling tiles from one queue; merge the states."""
     n_tiles = -(-p.W.shape[0] // p.tile)
-    workers = max(1, min(workers, n_tiles))
-    bounds = [n_tiles * i // workers for i in range(workers + 1)]
-    ranges = [range(bounds[i], bounds[i + 1]) for i in range(workers)]
+    queue = itertools.count()
     if p.x_mm.is_cuda:
-        return _merge(p, [_scan(p, ranges[0])])
-    results: list[Any] = [None] * workers
-    n_threads = torch.get_num_threads()
+        parts = [_scan(p, queue)]
+    else:
+        workers = max(1, min(workers, n_tiles))
+        results: list[Any] = [None] * workers
+        n_threads = torch.get_num_threads()
 
-    def work(i: int) -> None:
+        def work(i: int) -> None:
+            try:
+                torch.set_num_threads(1)
+                with torch.no_grad():
+                    results[i] = _scan(p, queue)
+            except BaseException as err:  # re-raised in the caller's thread
+                results[i] = err
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
         try:
-            torch.set_num_threads(1)
-            with torch.no_grad():
-                results[i] = _scan(p, ranges[i])
-        except BaseException as err:  # re-raised in the caller's thread
-            results[i] = err
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(n_threads)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return _merge(p, results)
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            torch.set_num_threads(n_threads)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        parts = results
+    out = parts[0]
+    out.cand_v = torch.cat([s.cand_v for s in parts], -1)
+    out.cand_i = torch.cat([s.cand_i for s in parts], -1)
+    out.floor = torch.stack([s.floor for s in parts]).amax(0)
+    out.band = sum(s.band for s in parts)
+    out.above = sum(s.above for s in parts)
+    return out
 
 
 def _exact_topk(p: _Plan, st: _State, k: int, x64: Tensor) -> tuple[Tensor, Tensor]:
@@ -459,7 +431,7 @@ def chunk_stats(
         store = torch.empty(n_tiles, rows, tile, device=x.device)
         pre = _Plan(**common, n_layer=1, x_mm=x_mm[-rows:], n_gemm=rows, x64=x64[-rows:],
                     delta=delta[-rows:], t64=None, hi=None, lo=None, final_store=store,
-                    stats=False)
+                    stats=False, tile_sums=None, tile_count=None)
         st = _run(pre, workers)
         _, top1 = _exact_topk(pre, st, 1, x64[-rows:])
         targets = top1
@@ -475,17 +447,20 @@ def chunk_stats(
     plan = _Plan(**common, n_layer=n_layer, x_mm=x_mm,
                  n_gemm=n_layer * rows if store is None else (n_layer - 1) * rows,
                  x64=x64, delta=delta, t64=t64, hi=_outward(t64 + dl, True),
-                 lo=_outward(t64 - dl, False), final_store=store, stats=True)
+                 lo=_outward(t64 - dl, False), final_store=store, stats=True,
+                 tile_sums=torch.empty(n_tiles, 4, n_layer * rows, device=x.device),
+                 tile_count=torch.empty(n_tiles, n_t, n_layer * rows, device=x.device))
     st = _run(plan, workers)
+    c, s, e, xs = _combine(plan)
+    above = plan.tile_count.double().sum(0).T.long() + st.above.view(-1, n_t)
     with _W_STATS_LOCK:
         BAND_MEMBERS[0] += st.band
         BAND_MEMBERS[1] += n_layer * rows * n_t
     top_v, top_i = _exact_topk(plan, st, k, x64)
-    lse = st.c.double() + torch.log(st.s)
-    ent = torch.log(st.s) - st.e / st.s
-    s_fin = st.s[-rows:].repeat(n_layer)
-    cross = st.x / s_fin  # sum_v p_final(v) (z_layer(v) - c_layer)
-    kl = (-ent[-rows:].repeat(n_layer) - cross + torch.log(st.s)).clamp_min(0.0)
+    lse = c + torch.log(s)
+    ent = torch.log(s) - e / s
+    cross = xs / s[-rows:].repeat(n_layer)  # sum_v p_final(v) (z_layer(v) - c_layer)
+    kl = (-ent[-rows:].repeat(n_layer) - cross + torch.log(s)).clamp_min(0.0)
     kl[-rows:] = 0.0
 
     def capped(v: Tensor) -> Tensor:
@@ -494,7 +469,7 @@ def chunk_stats(
     shape = (n_layer, rows)
     return {
         "targets": targets,
-        "ranks": st.above.view(*shape, n_t),
+        "ranks": above.view(*shape, n_t),
         "target_logprobs": (capped(t64) - lse[:, None]).float().view(*shape, n_t),
         "topk_ids": top_i.view(*shape, k),
         "topk_logprobs": (capped(top_v) - lse[:, None]).float().view(*shape, k),

@@ -111,16 +111,13 @@ def _pos_subset(res: Any) -> str:
 
 def _pos_figs(results: dict[Stage, Any]) -> dict[str, Any]:
     from glt._plots_gtr import plot_pos_onsets, plot_pos_ranks
-
-    from matplotlib.figure import Figure
-
-    from glt._style import glt_style
+    from glt._style import glt_style, new_figure
 
     out = {}
     for s, res in results.items():
         subset = _pos_subset(res)
         with glt_style():
-            fig = Figure(figsize=(12.0, 4.3), layout="constrained")
+            fig = new_figure((12.0, 4.3))
             a, b = fig.subplots(1, 2, sharey=True)
             plot_pos_onsets(res, kind="first", ax=a, title="first crossing")
             plot_pos_onsets(res, kind="stable", ax=b, title="stable onset")
@@ -133,6 +130,11 @@ def _pos_figs(results: dict[Stage, Any]) -> dict[str, Any]:
             out[f"pos_groups_{s.lens}"] = plot_pos_onsets(
                 res, labels=groups, title=f"Function vs content words ({subset} items, {res.lens} lens)")
         out[f"pos_ranks_{s.lens}"] = plot_pos_ranks(res)
+    if len(results) == 2:
+        from glt._plots import plot_side_by_side
+
+        (_, a), (_, b) = sorted(results.items(), key=lambda kv: kv[0].lens != "logit")
+        out["pos_onsets_logit_vs_tuned"] = plot_side_by_side(a, b, plot=plot_pos_onsets, kind="first")
     return out
 
 

@@ -17,16 +17,14 @@ def _run_facts(ctx: StudyContext, stage: Stage) -> Any:
 
 
 def _figs(results: dict[Stage, Any]) -> dict[str, Any]:
-    from matplotlib.figure import Figure
-
     from glt._plots_gtr import plot_fact_onsets, plot_fact_ranks
-    from glt._style import glt_style
+    from glt._style import glt_style, new_figure
 
     out = {}
     for s, res in results.items():
         outcome = "correct" if bool(res.correct.any()) else "incorrect"
         with glt_style():
-            fig = Figure(figsize=(12.0, 4.2), layout="constrained")
+            fig = new_figure((12.0, 4.2))
             a, b = fig.subplots(1, 2, sharey=True)
             plot_fact_onsets(res, kind="first", outcome=outcome, ax=a, title="first crossing")
             plot_fact_onsets(res, kind="stable", outcome=outcome, ax=b, title="stable onset")

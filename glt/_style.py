@@ -1,9 +1,9 @@
 """One plotting style for every glt figure: colour-blind-safe colours, labelled layer axes, Ns.
 
 Colours come from the Okabe-Ito palette (safe under the common colour-vision deficiencies);
-frequency buckets run warm (frequent) to cool (rare); lenses differ by line style as well as by
-colour (tuned solid, logit dashed) and onset variants likewise (first crossing solid, stable
-dashed), so a figure printed in grey still reads. Layer axes use glt's residual indices: 0 is the
+frequency buckets run warm (frequent) to cool (rare); onset variants differ by line style and
+marker as well as by colour (first crossing solid with dots, stable onset dashed with squares),
+so a figure printed in grey still reads. The lens is named in every title or legend. Layer axes use glt's residual indices: 0 is the
 embedding output, ``n_layers`` the final residual.
 
 Example:
@@ -30,8 +30,8 @@ __all__ = [
     "category_colors",
     "glt_style",
     "layer_tick_labels",
-    "lens_linestyle",
     "new_axes",
+    "new_figure",
     "safe_text",
     "set_layer_axis",
     "with_n",
@@ -113,11 +113,6 @@ def bucket_colors(n: int) -> list[str]:
     return [BUCKET_COLORS[i] if i < len(BUCKET_COLORS) else OKABE_ITO["grey"] for i in range(n)]
 
 
-def lens_linestyle(lens: str) -> str:
-    """Tuned lens solid, logit lens dashed, anything else dash-dot."""
-    return {"tuned": "-", "logit": "--"}.get(lens, "-.")
-
-
 def with_n(label: str, n: int) -> str:
     """A legend label carrying the N behind the curve."""
     return f"{label} (N={int(n):,})"
@@ -158,13 +153,24 @@ def set_layer_axis(ax: Any, n_layers: int, *, axis: str = "x", label: bool = Tru
             ax.set_ylabel(LAYER_AXIS_LABEL)
 
 
+def new_figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:
+    """A new matplotlib Figure with constrained layout, outside pyplot's figure manager.
+
+    glt never calls ``plt.show()`` and never registers its figures with pyplot (so nothing
+    leaks in long runs); pyplot is imported only so that Jupyter's inline display of returned
+    figures is switched on.
+    """
+    import matplotlib.pyplot  # noqa: F401  (activates Jupyter's figure display)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
 def new_axes(ax: Any = None, *, figsize: tuple[float, float] = (6.4, 4.0)) -> tuple[Any, Any]:
     """Return ``(figure, axes)``: the given axes and its figure, or a new figure (never shown)."""
     if ax is not None:
         return ax.figure, ax
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = new_figure(figsize)
     return fig, fig.add_subplot()
 
 

@@ -222,7 +222,8 @@ def train_tuned_lens(
             on CPUs with AVX512-BF16).
         seed: fixes the data order; the same seed gives the same lens.
         checkpoint_dir: where to checkpoint every ``checkpoint_every`` steps (atomic); a run
-            started again with the same settings resumes after the last completed step.
+            started again with the same settings resumes after the last completed step (with
+            ``optimizer="linesearch"`` a larger ``max_tokens`` extends a finished run).
         callback: ``callback(step, tokens_seen, lens)`` after each step (rank 0 only).
         heldout_texts: texts not used in training: the lens is evaluated on ``eval_rows`` of
             their positions (per-layer KL to final and next-token cross-entropy, tuned vs logit
@@ -269,7 +270,8 @@ def train_tuned_lens(
     settings = {k: v for k, v in locals().items() if k in _SETTINGS}
     settings["compute_dtype"] = str(compute_dtype)
     settings["frequency_counts"] = None if counts is None else hashlib.sha256(counts.numpy().tobytes()).hexdigest()[:16]
-    fp = _fingerprint(settings, seqs)
+    # line search has no schedule over the run's length: a rerun with a larger max_tokens extends it
+    fp = _fingerprint({k: v for k, v in settings.items() if not (k == "max_tokens" and optimizer == "linesearch")}, seqs)
     plan = plan_steps(seqs, bos, tokens_per_step, seed, n_steps) if n_steps else []
     params = lens.translators()
     opt: Any = None

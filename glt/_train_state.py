@@ -31,7 +31,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], rank
 
 
 def save_checkpoint(
-    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer,
+    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer | None,
     step: int, history: list[dict[str, Any]], rank: int = 0, search: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint for ``step`` completed steps (rank 0 only; others return)."""
@@ -65,7 +65,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer
+    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer | None
 ) -> dict[str, Any] | None:
     """Restore ``lens`` and ``opt`` from ``folder/latest``; None when there is no checkpoint.
 

@@ -353,8 +353,8 @@ def import_tuned_lens(
     return _fill(lens, weight, bias, file)
 
 
-def export_tuned_lens(lens: TunedLens, path: str | os.PathLike) -> Path:
-    """Write ``lens`` as a tuned-lens folder (``config.json`` + ``params.pt``), atomically.
+def export_tuned_lens(lens: Any, path: str | os.PathLike) -> Path:
+    """Write ``lens`` (a `TunedLens`) as a tuned-lens folder (``config.json`` + ``params.pt``), atomically.
 
     tuned-lens (``TunedLens.from_unembed_and_pretrained``) loads it; ``unembed_hash`` is left null
     because tuned-lens hashes the unembedding differently.

@@ -58,16 +58,19 @@ tokens alone are a large part of running text, which is why they make a good bli
 prov = freq.provenance()
 print(f"{prov['n_tokens']:,} tokens from {prov['n_texts']:,} texts ({prov['corpus']})")
 pd.DataFrame(freq.composition())"""),
-    ("code", """top = freq.to_dataframe().head(10)
-top["token"] = [model.tokenizer.decode([i]) for i in top["token_id"]]
-top[["rank", "token", "count", "share", "bucket"]]"""),
+    ("code", """rank = freq.rank                                   # [d_vocab], 0-based, -1 = excluded
+top10 = torch.argsort(torch.where(rank < 0, freq.d_vocab, rank))[:10].tolist()
+pd.DataFrame({"rank": [int(rank[i]) for i in top10],
+              "token": [repr(model.tokenizer.decode([i])) for i in top10],
+              "count": [int(freq.counts[i]) for i in top10],
+              "share of corpus": [float(freq.counts[i]) / freq.n_tokens for i in top10]})"""),
     ("md", """## Decode every prefix at every layer
 
 `run_guess_then_refine` reads held-out Wikipedia paragraphs (by default) and treats **every
 position as a prefix**: the read-out at position `p` predicts token `p + 1`, so one forward pass
 yields many prefixes. `max_positions` caps the number of read positions. The same call runs with
 either lens."""),
-    ("code", """N_POSITIONS = 160
+    ("code", """N_POSITIONS = 128
 gtr = {name: glt.run_guess_then_refine(model, lens, max_positions=N_POSITIONS, progress=False)
        for name, lens in (("tuned", tuned), ("logit", logit))}
 res = gtr["tuned"]
@@ -136,7 +139,7 @@ reason.
 By default the texts are sentences from the held-out half of the offline Wikipedia sample and the
 tags are the paper's six. With the paper's construction (`"first"`), each sentence gives at most
 one item per tag: the first word with that tag."""),
-    ("code", """N_ITEMS = 60
+    ("code", """N_ITEMS = 150
 pos = glt.run_pos_study(model, tuned, max_items=N_ITEMS, progress=False)
 print(pos.data_source)
 print(f"{pos.n_items} items from {len(pos.texts)} texts, tags {pos.tags}")
@@ -151,9 +154,12 @@ median first-crossing and stable onsets. Onsets are residual indices: 0 is the e
     ("code", """summary = pos.summary_dataframe(k=1)
 summary[summary.subset == "correct"].round(2)"""),
     ("md", """The paper's Fig. 4a plots the mean onset layer (x) against `k` (y, log scale) per tag, for the
-correctly predicted items. Solid lines are first crossings, dashed lines stable onsets: where
-they part, a token entered the top-k and left it again. The legend gives each tag's N."""),
-    ("code", """glt.plot_pos_onsets(pos, subset="correct")"""),
+correctly predicted items (left). Solid lines are first crossings, dashed lines stable onsets:
+where they part, a token entered the top-k and left it again. The legend gives each tag's N; a
+270M-parameter model gets few content words right, so the right panel adds all items."""),
+    ("code", """fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+glt.plot_pos_onsets(pos, subset="correct", ax=axes[0], title="correct items (the paper's choice)")
+glt.plot_pos_onsets(pos, subset="all", ax=axes[1], title="all items");"""),
     ("md", """## The closed-class confound
 
 Function-word tags have few distinct words, so their first tokens are few and frequent; a tag
@@ -209,7 +215,7 @@ print({n: len(v) for n, v in sorted(by_length.items())}, "-> sample of", len(fac
 By default the texts are sentences from the held-out half of the offline Wikipedia sample and the
 tags are the paper's six. With the paper's construction (`"first"`), each sentence gives at most
 one item per tag: the first word with that tag."""),
-    ("code", """N_ITEMS = 60
+    ("code", """N_ITEMS = 150
 pos = glt.run_pos_study(model, tuned, max_items=N_ITEMS, progress=False)
 print(pos.data_source)
 print(f"{pos.n_items} items from {len(pos.texts)} texts, tags {pos.tags}")
@@ -224,9 +230,12 @@ median first-crossing and stable onsets. Onsets are residual indices: 0 is the e
     ("code", """summary = pos.summary_dataframe(k=1)
 summary[summary.subset == "correct"].round(2)"""),
     ("md", """The paper's Fig. 4a plots the mean onset layer (x) against `k` (y, log scale) per tag, for the
-correctly predicted items. Solid lines are first crossings, dashed lines stable onsets: where
-they part, a token entered the top-k and left it again. The legend gives each tag's N."""),
-    ("code", """glt.plot_pos_onsets(pos, subset="correct")"""),
+correctly predicted items (left). Solid lines are first crossings, dashed lines stable onsets:
+where they part, a token entered the top-k and left it again. The legend gives each tag's N; a
+270M-parameter model gets few content words right, so the right panel adds all items."""),
+    ("code", """fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+glt.plot_pos_onsets(pos, subset="correct", ax=axes[0], title="correct items (the paper's choice)")
+glt.plot_pos_onsets(pos, subset="all", ax=axes[1], title="all items");"""),
     ("md", """## The closed-class confound
 
 Function-word tags have few distinct words, so their first tokens are few and frequent; a tag
@@ -370,7 +379,7 @@ the format of the `tuned-lens` package. The lens glt ships for the default model
 same way on much more text (see its training report in the docs).
 
 **Sizes.** A KL step over the 262k-token vocabulary is costly on a CPU, so the KL stage here
-takes two steps of 8 positions with a small learning rate: it only shows the mechanics. The
+takes two small steps (texts cut into 32-token sequences) with a small learning rate: it only shows the mechanics. The
 least-squares fit does the work; the shipped lens was trained on far more text (see its
 training report)."""),
     ("code", """%matplotlib inline
@@ -394,12 +403,13 @@ print(len(train_texts), "training paragraphs,", len(heldout_texts), "held-out pa
     ("md", """## Train
 
 `train_tuned_lens` fits least squares on `least_squares_tokens` positions, then takes
-`max_tokens // tokens_per_step` SGD steps (`max_tokens=0` stops after the least-squares fit). With `heldout_texts` it evaluates the result on
+`max_tokens // tokens_per_step` SGD steps (`max_tokens=0` stops after the least-squares fit); a
+step reads whole sequences until it has at least `tokens_per_step` positions. With `heldout_texts` it evaluates the result on
 `eval_rows` held-out positions against the logit lens and the least-squares start, and with `out`
 it saves the lens folder when done."""),
     ("code", """lens = glt.train_tuned_lens(
     model, train_texts,
-    least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, lr=0.1, seq_len=128,
+    least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, lr=0.1, seq_len=32,
     heldout_texts=heldout_texts, eval_rows=48,
     out=work / "my-lens", data_name="24 Wikipedia paragraphs (notebook 06)", progress=False,
 )
@@ -443,7 +453,7 @@ checks that the lens fits the model (sizes and unembedding fingerprint) before u
 loaded = glt.load_lens(work / "my-lens", model)
 print(type(loaded).__name__, "identical weights:", torch.equal(loaded.weight, lens.weight),
       torch.equal(loaded.bias, lens.bias))
-lens.save(work / "copy")   # saving again works the same way"""),
+saved = lens.save(work / "copy")   # saving again works the same way"""),
     ("md", """## The tuned-lens format
 
 `export_tuned_lens` writes the folder layout of the `tuned-lens` package (`config.json` +
@@ -512,8 +522,9 @@ embeddings decodes the *input* token with probability near 1."""),
     ("code", """freq = glt.load_frequency("default")
 source = "offline Wikipedia, held-out paragraphs (first 48 tokens)"
 ee = {}
+labels = freq.labels
 for name, rd in reads.items():
-    buckets = [freq.labels[b] for b in freq.bucket_of(rd.top1[-1]).tolist()]
+    buckets = [labels[b] for b in freq.bucket_of(rd.top1[-1]).tolist()]
     ee[name] = glt.early_exit(rd, gold=gold, categories=buckets, min_exit_layer=1 if name == "tuned" else 6,
                               model_name="gemma-3-270m", data_source=source)
 onsets = ee["tuned"].to_dataframe("onsets")
@@ -586,6 +597,7 @@ def write(name: str, cells: list[tuple[str, str]], folder: Path = HERE) -> Path:
     nb = nbf.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["execution"] = {"timeout": 1200}  # per cell (nbmake); CI machines may be busy
     stem = name.split("_")[0]
     nb.cells = [
         (nbf.v4.new_markdown_cell if kind == "md" else nbf.v4.new_code_cell)(src, id=f"c{stem}-{i:02d}")

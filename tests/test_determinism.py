@@ -24,7 +24,7 @@ from glt._facts import run_fact_recall
 from glt._frequency import TokenFrequency
 from glt._guess_refine import run_guess_then_refine
 from glt._lens_eval import evaluate_lens
-from glt._mc_data import MCExample
+from glt._mc_data import MCExample, MCPrompt, control_prompts
 from glt._multiple_choice import run_multiple_choice
 from glt._patching import patch_layers
 from glt._pos import run_pos_study
@@ -127,10 +127,11 @@ def _pos(model, bs, seed=0):
 
 
 def _mc(model, bs, seed=0):
-    items = [MCExample(t, ["paris", "city", "river", "country"], i % 4, id=f"q{i}")
-             for i, t in enumerate(_texts(5, seed=3, hi=20))]
+    # the tiny vocabulary has no "A".."D": rendered prompts with word symbols (no control run)
+    items = [MCPrompt(t + " answer", ("a", "the", "of", "in"), ("paris", "city", "river", "country"), i % 4,
+                      id=f"q{i}") for i, t in enumerate(_texts(5, seed=3, hi=20))]
     return run_multiple_choice(model, glt.LogitLens.from_model(model), items, shots=0, batch_size=bs,
-                               permute_symbols="shuffle", seed=seed, progress=False)
+                               progress=False)
 
 
 def _patch(model, bs, seed=0):
@@ -168,7 +169,15 @@ def test_study_does_not_depend_on_batch_size(tiny_llama, study):
         assert not bad, f"batch_size=1 vs {bs}: {bad[:5]}"
 
 
-@pytest.mark.parametrize("study", ["guess_refine", "multiple_choice", "lens_eval"])
+def test_option_shuffle_control_follows_the_seed():
+    pairs = [(MCExample(f"question {i}", ("w", "x", "y", "z"), i % 4, id=f"q{i}"), ()) for i in range(6)]
+    a, _ = control_prompts("mmlu", pairs, "shuffle", seed=1)
+    b, _ = control_prompts("mmlu", pairs, "shuffle", seed=1)
+    c, _ = control_prompts("mmlu", pairs, "shuffle", seed=2)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("study", ["guess_refine", "lens_eval"])
 def test_seeded_choices_follow_the_seed(tiny_llama, tmp_path, study):
     run = STUDIES[study]
     a, b = run(tiny_llama, 4, seed=1), run(tiny_llama, 4, seed=1)

@@ -186,6 +186,7 @@ BAD = [
     (dict(permute_symbols="rotate"), "permute_symbols"),
     (dict(items=[]), "non-empty"),
     (dict(items="the city"), "non-empty"),
+    (dict(items={"question": "q"}), "non-empty"),
     (dict(items=[3]), "MCExample"),
     (dict(items=[{"question": "q", "choices": ["a", "b", "c"], "answer": 0}]), "exactly 4"),
     (dict(items=[{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 7}]), "answer 7"),

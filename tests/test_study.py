@@ -243,3 +243,24 @@ def test_kill_and_resume_gives_the_uninterrupted_results(tiny_folder, tmp_path):
 def test_environment_provenance():
     env = _study.environment()
     assert env["torch"] == torch.__version__ and env["glt"] == glt.__version__
+
+
+def test_both_lenses_with_a_lens_folder(tiny_folder, tmp_path):
+    """--lens both with --lens-path: every stage per lens, plus logit-vs-tuned figures."""
+    from glt._tuned_lens import TunedLens
+
+    model = glt.load_model(str(tiny_folder))
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        lens.bias.normal_(0.0, 0.5)  # differ from the logit lens
+    lens.save(tmp_path / "lens")
+    cfg = study_config(model=str(tiny_folder), lens="both", lens_path=str(tmp_path / "lens"))
+    cfg = StudyConfig.from_dict({**cfg.to_dict(), **TINY_SIZES})
+    out = tmp_path / "both"
+    run_study(cfg, out, stages=["heatmap", "guess_refine"], progress=False)
+    data = result_files(out)
+    assert {"guess_refine_tuned.json", "guess_refine_logit.json", "heatmap_tuned.json"} <= set(data)
+    assert data["guess_refine_tuned.json"] != data["guess_refine_logit.json"]
+    assert (out / "figures" / "bucket_share_logit_vs_tuned.png").is_file()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "tuned lens" in prov and "logit lens" in prov

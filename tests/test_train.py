@@ -186,6 +186,17 @@ def test_resume_after_interruption_loses_no_step(tiny_llama, tmp_path, optimizer
     assert [h["step"] for h in resumed.config["training"]["history"]] == [1, 2, 3, 4]
 
 
+def test_linesearch_run_extends_with_a_larger_budget(tiny_llama, tmp_path):
+    args = dict(FAST, seed=6, optimizer="linesearch")
+    straight = train_tuned_lens(tiny_llama, TRAIN, **dict(args, max_tokens=400))
+    train_tuned_lens(tiny_llama, TRAIN, checkpoint_dir=tmp_path / "ck", **dict(args, max_tokens=200))
+    done = []
+    longer = train_tuned_lens(tiny_llama, TRAIN, checkpoint_dir=tmp_path / "ck",
+                              callback=lambda s, t, lens: done.append(s), **dict(args, max_tokens=400))
+    assert done == [3, 4]
+    torch.testing.assert_close(longer.weight, straight.weight, rtol=0, atol=1e-6)
+
+
 def test_resume_with_other_settings_raises(tiny_llama, tmp_path):
     train_tuned_lens(tiny_llama, TRAIN, checkpoint_dir=tmp_path / "ck", **FAST)
     with pytest.raises(glt.GltError, match="other settings"):
