@@ -242,11 +242,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a file defining readout() to time beside glt (e.g. the previous version)")
     ap.add_argument("--memory-tokens", default=None,
                     help="comma list of token counts for glt's peak memory (default: n/4,n)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every contender (glt: worker threads)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    _pin_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     if args.shapes:
@@ -283,20 +286,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus, setup {setup_s:.1f} s")
     with torch.no_grad():
-        for name, (_, fn) in contenders.items():  # warm-up
+        for _, fn in contenders.values():  # warm-up
             fn()
             _sync(device)
         times: dict[str, list[float]] = {k: [] for k in contenders}
+        cpu: dict[str, list[float]] = {k: [] for k in contenders}
         for r in range(args.repeats):
             order = list(contenders)
             order = order[r % len(order):] + order[: r % len(order)]
             for name in order:
                 _, fn = contenders[name]
                 _sync(device)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn()
                 _sync(device)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+        _pin_malloc()  # after timing: the pinned threshold makes every temporary fault its pages in
         mem: dict[str, int] = {}
         for name, (_, fn) in contenders.items():
             mem[name] = peak_extra_memory(fn, device)
@@ -320,32 +326,36 @@ def main(argv: list[str] | None = None) -> dict:
         res["contenders"][name] = {
             "tokens": ntok, "seconds": ts, "median_s": med, "tokens_per_s": ntok / med,
             "gflops": flop_per_token * ntok / med / 1e9, "peak_extra_mb": mem[name] / 2**20,
+            "cpu_seconds": cpu[name], "tokens_per_cpu_s": ntok / statistics.median(cpu[name]),
         }
     if glt_mem:
         res["glt_peak_extra_mb_by_tokens"] = {k: v / 2**20 for k, v in glt_mem.items()}
 
     # per-round ratios (same round, same machine state), then their median
-    def ratio(a: str, b: str) -> float | None:
-        if a not in times or b not in times:
+    def ratio(a: str, b: str, clock: dict | None = None) -> float | None:
+        clock = times if clock is None else clock
+        if a not in clock or b not in clock:
             return None
         na, nb = contenders[a][0], contenders[b][0]
-        rs = [(na / ta) / (nb / tb) for ta, tb in zip(times[a], times[b])]
+        rs = [(na / ta) / (nb / tb) for ta, tb in zip(clock[a], clock[b], strict=True)]
         return statistics.median(rs)
 
     pairs = [("glt", "gemm"), ("glt", "tl"), ("glt", "naive"), ("tl", "gemm"), ("naive", "gemm"),
              ("baseline", "gemm"), ("glt", "baseline"), ("gemm_bf16", "gemm"), ("glt", "gemm_bf16")]
     res["ratios"] = {f"{a}/{b}": ratio(a, b) for a, b in pairs if ratio(a, b) is not None}
+    res["cpu_time_ratios"] = {f"{a}/{b}": ratio(a, b, cpu) for a, b in pairs
+                              if ratio(a, b, cpu) is not None}
 
     print(f"{'contender':<10} {'tokens':>6} {'median s':>9} {'tokens/s':>9} {'GFLOP/s':>8} "
-          f"{'x roofline':>10} {'peak extra MB':>14}")
+          f"{'x roofline':>10} {'tok/cpu-s':>10} {'peak extra MB':>14}")
     for name, c in res["contenders"].items():
         share = ratio(name, roof) if roof else None
         print(f"{name:<10} {c['tokens']:>6} {c['median_s']:>9.3f} {c['tokens_per_s']:>9.2f} "
               f"{c['gflops']:>8.1f} {share if share is not None else float('nan'):>10.3f} "
-              f"{c['peak_extra_mb']:>14.1f}")
-    print("ratios of tokens/s (median of per-round ratios):")
+              f"{c['tokens_per_cpu_s']:>10.2f} {c['peak_extra_mb']:>14.1f}")
+    print("ratios of tokens/s, wall clock | CPU time (median of per-round ratios):")
     for k, v in res["ratios"].items():
-        print(f"  {k:<16} {v:.3f}")
+        print(f"  {k:<16} {v:.3f} | {res['cpu_time_ratios'][k]:.3f}")
     if glt_mem:
         print("glt peak extra memory by tokens read: "
               + ", ".join(f"{k}: {v / 2**20:.1f} MB" for k, v in glt_mem.items()))

@@ -27,6 +27,13 @@ from glt._train import fit_least_squares, train_tuned_lens
 from glt._tuned_lens import TunedLens, load_lens
 
 PROBE_ROWS = 48
+RUN_LABELS = {
+    "zero": "tuned-lens recipe: zero init + SGD lr 1",
+    "tuned": "least squares + SGD lr 1",
+    "tuned_lr3": "least squares + SGD lr 3",
+    "tuned_ls": "least squares + line search (48 validation positions, ungated)",
+    "tuned_gated": "least squares + line search (128 validation positions, SE-gated)",
+}
 
 
 def probe(model, work: Path) -> torch.Tensor:
@@ -110,12 +117,18 @@ def render_markdown(info: dict, ev) -> str:
               "| layer | " + " | ".join(ev.lenses) + " |", "|---|" + "---|" * len(ev.lenses)]
     for j, label in enumerate(ev.layer_labels):
         lines.append(f"| {j} {label} | " + " | ".join(f"{float(ce[n][j].mean()):.3f}" for n in ev.lenses) + " |")
-    lines += ["", "## Tokens-to-KL curves (mean over layers 0-17 of the bfloat16 KL on a fixed "
-              f"{PROBE_ROWS}-position held-out probe)", "",
-              "| run | " + " | ".join(["tokens", "mean KL"]) + " |", "|---|---|---|"]
+    lines += ["", "## Tokens-to-KL curves", "",
+              f"bfloat16 KL(final || lens) on a fixed {PROBE_ROWS}-position probe from held-out paragraphs "
+              "0-23 (disjoint from the evaluation above), after the given number of KL-training "
+              "positions; least-squares runs start from the same 16,384-position fit (its forward "
+              "passes are not counted as KL tokens).", "",
+              "| run | KL tokens | mean KL, layers 0-17 | layer 0 | layer 9 | layer 14 | layer 17 |",
+              "|---|---|---|---|---|---|---|"]
     for name, curve in info["curves"].items():
         for c in curve:
-            lines.append(f"| {name} | {c['tokens']} | {sum(c['kl_layer']) / len(c['kl_layer']):.4f} |")
+            k = c["kl_layer"]
+            lines.append(f"| {RUN_LABELS.get(name, name)} | {c['tokens']} | {sum(k) / len(k):.4f} | "
+                         f"{k[0]:.3f} | {k[9]:.3f} | {k[14]:.3f} | {k[17]:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens-per-step", type=int, default=128)
     ap.add_argument("--curve-every", type=int, default=4, help="probe every N steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-rows", type=int, default=48, help="line-search validation positions")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-rows", type=int, default=256)
     ap.add_argument("--eval-paras", type=int, default=64)
@@ -173,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         lens = train_tuned_lens(
             model, train, init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
             lr=args.lr, optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed,
+            val_rows=args.val_rows,
             checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
             data_name=WIKI_SOURCE + " train split",
         )

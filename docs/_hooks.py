@@ -5,6 +5,8 @@ without executing; pytest executes them with ``--nbmake``.)
 
 * ``lens/report.md`` (+ its figures): the shipped tuned lens's training report,
   ``glt/assets/lenses/default/report.md``, or a page saying that this build ships none;
+* ``cli.md``: the ``glt`` command line, its ``--help`` texts rendered from the argument parser
+  (so the page cannot drift from the code);
 * ``benchmarks.md`` / ``performance.md``: written by the benchmark scripts into ``docs/``; a
   page saying so is generated while a checkout has none, so the nav never dangles.
 """
@@ -39,7 +41,29 @@ def _add(files: Files, config, src_uri: str, *, path: Path | None = None, conten
         files.append(File.generated(config, src_uri, content=content))
 
 
+def _cli_page() -> str:
+    import argparse
+
+    from glt._cli import build_parser
+
+    parser = build_parser()
+    parts = [
+        "# Command line",
+        "",
+        "`glt` is installed with the package. The texts below are the commands' own `--help`.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+    ]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        parts += ["", f"## glt {name}", "", "```text", p.format_help().rstrip(), "```"]
+    return "\n".join(parts) + "\n"
+
+
 def on_files(files: Files, config) -> Files:
+    _add(files, config, "cli.md", content=_cli_page())
     report = LENS / "report.md"
     if report.is_file():
         for f in sorted(p for p in LENS.rglob("*") if p.is_file()):

@@ -12,14 +12,16 @@ studies (`run_guess_then_refine`, `run_pos_study`, `run_fact_recall`, `run_multi
 
 from glt._capture import ResidualStack, capture_residuals, iter_residuals, tokenize
 from glt._corpus import wikipedia_paragraphs
+from glt._distributed import sharded_readout
 from glt._early_exit import EarlyExitResult, early_exit
 from glt._errors import GltError
-from glt._fact_data import Fact, load_facts
+from glt._fact_data import Fact, load_facts, read_counterfact, read_mquake
 from glt._facts import FactRecallResult, run_fact_recall
 from glt._frequency import TokenFrequency, load_frequency
 from glt._guess_refine import GuessRefineResult, run_guess_then_refine
 from glt._lens import LogitLens, Unembed
-from glt._mc_data import load_mc_dataset
+from glt._lens_eval import LensEvaluation, evaluate_lens
+from glt._mc_data import MCExample, MCPrompt, format_mc_prompt, load_mc_dataset
 from glt._models import cache_dir, load_model
 from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
 from glt._onsets import (
@@ -54,19 +56,22 @@ from glt._plots_studies import (
 from glt._pos import PosResult, run_pos_study
 from glt._readout import Readout, readout
 from glt._study import run_study
-from glt._train import train_tuned_lens
+from glt._train import fit_least_squares, train_tuned_lens
 from glt._tuned_lens import TunedLens, export_tuned_lens, import_tuned_lens, load_lens
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "K_GRID",
     "EarlyExitResult",
     "Fact",
     "FactRecallResult",
     "GltError",
     "GuessRefineResult",
+    "K_GRID",
+    "LensEvaluation",
     "LogitLens",
+    "MCExample",
+    "MCPrompt",
     "MultipleChoiceResult",
     "OnsetCurve",
     "Onsets",
@@ -82,8 +87,11 @@ __all__ = [
     "capture_residuals",
     "compute_onsets",
     "early_exit",
+    "evaluate_lens",
     "export_tuned_lens",
     "first_crossing",
+    "fit_least_squares",
+    "format_mc_prompt",
     "import_tuned_lens",
     "iter_residuals",
     "load_facts",
@@ -109,12 +117,15 @@ __all__ = [
     "plot_rank_curves",
     "plot_side_by_side",
     "plot_token_heatmap",
+    "read_counterfact",
+    "read_mquake",
     "readout",
     "run_fact_recall",
     "run_guess_then_refine",
     "run_multiple_choice",
     "run_pos_study",
     "run_study",
+    "sharded_readout",
     "stable_onset",
     "tokenize",
     "topk_churn",

@@ -85,7 +85,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--max-tokens", type=int, default=65_536)
     t.add_argument("--tokens-per-step", type=int, default=1024)
     t.add_argument("--least-squares-tokens", type=int, default=16_384)
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    t.add_argument("--optimizer", default="linesearch", choices=["linesearch", "sgd", "adam"],
+                   help="linesearch (default) or the tuned-lens recipe: --init zero --optimizer sgd")
+    t.add_argument("--val-rows", type=int, default=48, help="line-search validation positions")
     t.add_argument("--lr", type=float, default=1.0)
     t.add_argument("--weight-decay", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         lens = train_tuned_lens(
             model, texts, init=args.init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
             least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
+            val_rows=args.val_rows,
             weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
             compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
             frequency_counts=_counts(args.frequency_counts), frequency_alpha=args.frequency_alpha,

@@ -6,10 +6,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glt._capture import tokenize
+from glt._capture import iter_residuals, tokenize
 from glt._errors import GltError
 
-__all__ = ["plan_sequences", "plan_steps", "read_rows"]
+__all__ = ["plan_sequences", "plan_steps", "read_rows", "split_validation", "validation_residuals"]
 
 
 def plan_sequences(
@@ -63,3 +63,24 @@ def plan_steps(seqs: list[list[int]], bos: int, tokens_per_step: int, seed: int,
         if epoch > 10_000:
             raise GltError("texts hold no trainable tokens: pass longer texts")
     return out
+
+
+def split_validation(seqs: list[list[int]], bos: int, rows: int, seed: int) -> tuple[list, list]:
+    """Hold aside seeded sequences with at least ``rows`` read positions for validation."""
+    order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    val, count = set(), 0
+    for i in order:
+        if count >= rows or len(val) >= len(seqs) - 1:
+            break
+        val.add(i)
+        count += sum(1 for t in seqs[i] if t != bos)
+    return [s for i, s in enumerate(seqs) if i not in val], [seqs[i] for i in sorted(val)]
+
+
+def validation_residuals(model: Any, seqs: list[list[int]], bos: int, rows: int, batch_size: int) -> Tensor:
+    """Residuals ``[layer, row, d_model]`` of the first ``rows`` read positions of ``seqs``."""
+    parts = []
+    for stack in iter_residuals(model, seqs, batch_size=batch_size):
+        b, p = read_rows(stack.tokens, stack.mask, bos)
+        parts.append(stack.resid[:, b, p].clone().float())
+    return torch.cat(parts, 1)[:, :rows]

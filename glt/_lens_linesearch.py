@@ -11,8 +11,10 @@ column ``j`` of ``dA_l`` by ``mean(h_l[j]^2)`` (a diagonal input whitening, so e
 coordinate moves the translator output equally), rescales the direction so that a unit step
 changes ``h + A h + b`` by 100% of its RMS norm on a set of validation positions, and then tries
 three step sizes per layer (``c/3, c, 3c`` around a per-layer centre ``c``) on those validation
-positions. Each layer keeps its best size, or none if none lowers its validation KL; the centre
-moves toward the winner. Each layer's KL depends only on its own translator, so one evaluation
+positions. Each layer keeps the size whose validation KL improvement is largest after subtracting
+one standard error of the per-position improvements (paired over the same positions), or none
+if no size improves by more than that margin, so the step sizes do not chase noise in a small
+validation set; the centre moves toward the winner. Each layer's KL depends only on its own translator, so one evaluation
 pass per candidate serves all layers at once.
 """
 
@@ -38,10 +40,10 @@ class LineSearch:
         L = lens.n_layers
         self.m = self.h[:-1].pow(2).mean(1) + 1e-6  # [layer, d_model] input second moments
         self.centre = torch.full((L,), float(start))
-        self.f0 = self.val_kl(lens.weight.detach(), lens.bias.detach())
+        self.f0 = self.val_kl(lens.weight.detach(), lens.bias.detach())  # [layer, row]
 
-    def val_kl(self, weight: Tensor, bias: Tensor) -> Float[Tensor, " layer"]:
-        """Mean validation KL per layer for translator values ``(weight, bias)``."""
+    def val_kl(self, weight: Tensor, bias: Tensor) -> Float[Tensor, "layer row"]:
+        """Validation KL per layer and position for translator values ``(weight, bias)``."""
         h = self.h
         head = h[:-1]
         moved = head + torch.einsum("lri,loi->lro", head, weight) + bias[:, None]
@@ -49,7 +51,7 @@ class LineSearch:
         with torch.no_grad():
             kl, _ = tiled_kl_ce(u, u.normalize(moved), u.normalize(h[-1]), W=self.W,
                                 compute_dtype=self.W.dtype, tile=self.tile)
-        return kl.mean(1)
+        return kl
 
     def step(self, g_weight: Tensor, g_bias: Tensor) -> dict[str, Any]:
         """Update ``lens`` in place from the mean KL gradients; returns what was chosen."""
@@ -68,13 +70,17 @@ class LineSearch:
             for k in _FACTORS:
                 eta = self.centre * k
                 trials.append(self.val_kl(w0 + eta[:, None, None] * d_w, b0 + eta[:, None] * d_b))
-            f = torch.stack([self.f0] + trials)  # [1 + candidates, layer]
-            best = f.argmin(0)
+            f = torch.stack([self.f0] + trials)  # [1 + candidates, layer, row]
+            gain = self.f0[None] - f
+            n = gain.shape[-1]
+            se = gain.std(-1) / max(n, 2) ** 0.5 if n > 1 else torch.zeros_like(gain[..., 0])
+            score = gain.mean(-1) - se  # [1 + candidates, layer]; candidate 0 scores 0
+            best = score.argmax(0)
             factors = torch.tensor((0.0,) + _FACTORS)
             eta = self.centre * factors[best]
             lens.weight.copy_(w0 + eta[:, None, None] * d_w)
             lens.bias.copy_(b0 + eta[:, None] * d_b)
-            self.f0 = f.gather(0, best[None])[0]
+            self.f0 = f[best, torch.arange(f.shape[1])]
             # move the centre toward the winner; shrink it when no candidate helped
             self.centre = torch.where(best == 0, self.centre / 3, eta.clamp_min(1e-6))
-        return {"step_sizes": eta.tolist(), "val_kl": self.f0.tolist()}
+        return {"step_sizes": eta.tolist(), "val_kl": self.f0.mean(-1).tolist()}

@@ -97,6 +97,7 @@ def plot_rank_curves(
     lens: str | None = None,
     title: str | None = None,
     ylabel: str = "rank of the tracked token",
+    colors: Sequence[str] | None = None,
 ) -> Any:
     """Rank of the tracked token over depth per category: median line, interquartile band.
 
@@ -110,6 +111,7 @@ def plot_rank_curves(
         lens: lens name, shown as the legend title (default: the read-out's lens).
         title: axes title.
         ylabel: what the tracked token is (the axis adds the rank convention).
+        colors: one colour per category (default: the Okabe-Ito cycle).
 
     Returns:
         The figure (new axes) or the given axes. Line y-data are the medians of ``rank + 1``.
@@ -118,9 +120,11 @@ def plot_rank_curves(
     lens = lens or rlens
     with glt_style():
         fig, axes = new_axes(ax)
-        colors = category_colors(len(groups))
+        colors = list(colors) if colors is not None else category_colors(len(groups))
+        if len(colors) < len(groups):
+            raise GltError(f"colors must give one colour per category ({len(groups)}), got {len(colors)}")
         n_layers = None
-        for color, (name, r) in zip(colors, groups.items(), strict=True):
+        for color, (name, r) in zip(colors[: len(groups)], groups.items(), strict=True):
             if r.ndim != 2 or r.shape[1] == 0:
                 continue
             med, q25, q75 = rank_quantiles(r)

@@ -165,9 +165,11 @@ def plot_rank_by_bucket(result: Any, *, ax: Any = None, title: str | None = None
     """Rank of the final top-1 over depth, grouped by the final top-1's frequency bucket."""
     ranks = as_numpy(result.rank_final)
     final_b = as_numpy(result.bucket)[-1]
-    groups = {lab: ranks[:, final_b == b] for b, lab in enumerate(result.bucket_labels)
-              if (final_b == b).any()}
+    present = [b for b in range(len(result.bucket_labels)) if (final_b == b).any()]
+    groups = {result.bucket_labels[b]: ranks[:, final_b == b] for b in present}
+    palette = bucket_colors(len(result.bucket_labels))
     return plot_rank_curves(groups, ax=ax, lens=result.lens, ylabel="rank of the final top-1",
+                            colors=[palette[b] for b in present],
                             title=title or f"Rank of the final top-1 by its frequency bucket ({result.lens} lens)")
 
 

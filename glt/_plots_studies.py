@@ -190,7 +190,7 @@ def plot_early_exit(
     ys = as_numpy(getattr(result, f"tau_{metric}"))
     xs = as_numpy(result.tau_saved)
     with glt_style():
-        fig, axes = new_axes(ax)
+        fig, axes = new_axes(ax, figsize=(8.2, 4.2))
         cats = [g for g in names if g != "all"]
         colors = dict(zip(cats, category_colors(len(cats)), strict=True))
         colors["all"] = OKABE_ITO["black"]
@@ -217,7 +217,8 @@ def plot_early_exit(
         axes.set_xlabel("share of block compute saved")
         axes.set_ylabel("top-1 agreement with the final output" if metric == "agreement"
                         else "next-token accuracy (full model dotted)")
-        axes.legend(fontsize=7.5, loc="lower left")
+        axes.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                    title="exit when the top-1 prob. >= tau\n(tau rising right to left)", title_fontsize=7.5)
         axes.set_title(title or f"Early exit by confidence ({result.lens} lens)")
     return fig if ax is None else ax
 

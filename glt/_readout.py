@@ -39,7 +39,7 @@ from glt._readout_kernel import chunk_stats, resolve_matmul_dtype
 __all__ = ["Readout", "readout", "select_rows"]
 
 _CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
-_CPU_TILE_ROWS = 320  # layer * rows per tile on CPU
+_CPU_TILE_ROWS = 640  # layer * rows per tile on CPU
 
 
 

@@ -168,7 +168,9 @@ def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
         torch.mm(x, W.to(p.mm_dtype).float().T, out=y)
 
 
-def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int, j_tile: int) -> None:
+def _count_ranks(
+    p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int, j_tile: int, gbuf: Tensor
+) -> None:
     """Count tile ``y``'s tokens (pre-cap) surely above each target; note those in the band.
 
     Comparisons write float 0/1 masks and sum them as floats (exact below 2**24 per row): several
@@ -183,17 +185,16 @@ def _count_ranks(p: _Plan, st: _State, y: Tensor, gt: Tensor, ge: Tensor, a: int
         if rr.numel() == 0:
             continue
         band = ge.sub_(gt)  # 1.0 inside [lo, hi]
+        rows = torch.index_select(band, 0, rr, out=gbuf[: rr.numel() * y.shape[1]].view(-1, y.shape[1]))
         nb = n_band[rr]
         one = nb == 1
         if bool(one.all()):  # the usual case: one token per row, found by argmax
-            r, col = rr, band[rr].argmax(-1)
+            r, col = rr, rows.argmax(-1)
         else:
-            r1 = rr[one]
-            rk = rr[~one]
-            val, colk = band[rk].topk(int(nb.max()), -1)
+            val, colk = rows[~one].topk(int(nb.max()), -1)
             i, kk = (val > 0).nonzero(as_tuple=True)
-            r = torch.cat([r1, rk[i]])
-            col = torch.cat([band[r1].argmax(-1), colk[i, kk]])
+            r = torch.cat([rr[one], rr[~one][i]])
+            col = torch.cat([rows[one].argmax(-1), colk[i, kk]])
         st.pending.append((r * n_t + j, col + a))
 
 
@@ -212,14 +213,15 @@ def _resolve_band(p: _Plan, st: _State) -> None:
     st.band += int(rj.numel())
 
 
-def _candidates(p: _Plan, st: _State, y: Tensor, tmax: Tensor, a: int) -> None:
+def _candidates(p: _Plan, st: _State, y: Tensor, tmax: Tensor, a: int, gbuf: Tensor) -> None:
     """Keep the ``n_keep`` best float32 logits (pre-cap) of each row seen so far."""
     k = min(p.n_keep, y.shape[1])
     if p.gate:
         rr = torch.gt(tmax, st.floor).nonzero().flatten()
         if rr.numel() == 0:
             return
-        tv, ti = y[rr].topk(k, -1)
+        sub = torch.index_select(y, 0, rr, out=gbuf[: rr.numel() * y.shape[1]].view(-1, y.shape[1]))
+        tv, ti = sub.topk(k, -1)
         cv, ci = torch.cat([st.cand_v[rr], tv], -1), torch.cat([st.cand_i[rr], ti + a], -1)
         cv, sel = cv.topk(p.n_keep, -1)
         st.cand_v[rr], st.cand_i[rr] = cv, ci.gather(-1, sel)
@@ -244,7 +246,8 @@ def _scan(p: _Plan, queue: Any) -> _State:
     n_tiles = -(-d_vocab // p.tile)
     ybuf = torch.empty(R * p.tile, device=dev)
     ebuf = torch.empty(R * p.tile, device=dev) if p.stats else None
-    mbuf = torch.empty(R * p.tile, device=dev) if p.t64 is not None else None
+    mbuf = torch.empty(R * p.tile, device=dev) if p.stats else None
+    gbuf = torch.empty(R * p.tile, device=dev)  # gathered rows
     counting = p.t64 is not None and p.t64.shape[1] > 0
     while (j := next(queue)) < n_tiles:
         a = j * p.tile
@@ -259,13 +262,13 @@ def _scan(p: _Plan, queue: Any) -> _State:
             y[: p.n_gemm] += p.b[a:b].float()
         if not p.stats:  # prepass: store the final layer's logits, track candidates
             p.final_store[j, :, :w] = y
-            _candidates(p, st, y, y.amax(-1), a)
+            _candidates(p, st, y, y.amax(-1), a, gbuf)
             continue
         if counting:
-            _count_ranks(p, st, y, ebuf[: R * w].view(R, w), mbuf[: R * w].view(R, w), a, j)
+            _count_ranks(p, st, y, ebuf[: R * w].view(R, w), mbuf[: R * w].view(R, w), a, j, gbuf)
         sums = p.tile_sums[j]
         tmax = torch.amax(y, -1, out=sums[0])
-        _candidates(p, st, y, tmax, a)
+        _candidates(p, st, y, tmax, a, gbuf)
         if p.cap is not None:
             y.div_(p.cap).tanh_().mul_(p.cap)
             torch.amax(y, -1, out=sums[0])
@@ -274,9 +277,11 @@ def _scan(p: _Plan, queue: Any) -> _State:
         # takes a slow path that costs as much as the matmul where it underflows
         e = torch.clamp(y, min=-80.0, out=ebuf[: R * w].view(R, w)).exp_()
         torch.sum(e, -1, out=sums[1])
-        torch.linalg.vecdot(e, y, out=sums[2])
+        tmp = mbuf[: R * w].view(R, w)  # products go to a kept buffer: fresh ones fault pages in
+        torch.sum(torch.mul(e, y, out=tmp), -1, out=sums[2])
         ef = e[-p.rows :].view(1, p.rows, w)
-        torch.linalg.vecdot(y.view(p.n_layer, p.rows, w), ef, out=sums[3].view(p.n_layer, p.rows))
+        torch.mul(y.view(p.n_layer, p.rows, w), ef, out=tmp.view(p.n_layer, p.rows, w))
+        torch.sum(tmp, -1, out=sums[3])
         if len(st.pending) >= 64:
             _resolve_band(p, st)
     _resolve_band(p, st)

@@ -250,6 +250,11 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
     return md, page
 
 
+def _short(v: Any, n: int = 300) -> Any:
+    text = v if isinstance(v, str) else repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _provenance(ctx: Any) -> dict[str, Any]:
     from glt._models import model_name
 
@@ -260,8 +265,10 @@ def _provenance(ctx: Any) -> dict[str, Any]:
     }
     for name, lens in ctx._lenses.items():
         cfg = lens.full_config() if hasattr(lens, "full_config") else {}
-        keep = {k: cfg[k] for k in ("training_data", "data", "steps", "tokens", "seed", "glt_version",
-                                    "unembed_hash", "model_name") if k in cfg}
+        keep = {k: _short(cfg[k]) for k in ("model_name", "training", "least_squares", "data", "steps",
+                                            "seed", "unembed_hash", "glt_version") if k in cfg}
+        if name == "tuned":
+            keep["folder"] = str(ctx.config.lens_path or "shipped default (glt/assets/lenses/default)")
         prov[f"{name} lens"] = keep or "the model's own final norm and unembedding"
     if ctx._freq is not None:
         prov["frequency table"] = f"{ctx._freq.corpus} ({ctx._freq.n_texts} texts, tokenizer {ctx._freq.tokenizer})"

@@ -240,21 +240,32 @@ class _Meter:
                 orig = getattr(importlib.import_module(mod_name), attr)
             except (ImportError, AttributeError):
                 continue
+            orig = getattr(orig, "_glt_meter_orig", orig)
             wrap = self._wrap_readout(orig) if attr == "readout" else self._wrap_forward(orig)
+            wrap._glt_meter_orig = orig
             swaps[id(orig)] = (orig, wrap)
-        patched: list[tuple[Any, str, Any]] = []
+        self._swap(swaps, to_wrapper=True)
+        try:
+            yield self
+        finally:
+            self._swap(swaps, to_wrapper=False)
+
+    @staticmethod
+    def _swap(swaps: dict[int, tuple[Any, Any]], *, to_wrapper: bool) -> None:
+        """Point every glt module's reference at the wrappers (or back at the originals).
+
+        A module imported while a stage runs binds whatever its import found (possibly a
+        wrapper), so both directions look through any wrapper to its original.
+        """
         for name, mod in list(sys.modules.items()):
             if mod is None or not (name == "glt" or name.startswith("glt.")):
                 continue
             for attr, val in list(vars(mod).items()):
-                if id(val) in swaps and swaps[id(val)][0] is val:
-                    patched.append((mod, attr, val))
-                    setattr(mod, attr, swaps[id(val)][1])
-        try:
-            yield self
-        finally:
-            for mod, attr, orig in patched:
-                setattr(mod, attr, orig)
+                if not callable(val):
+                    continue
+                orig = getattr(val, "_glt_meter_orig", val)
+                if id(orig) in swaps and swaps[id(orig)][0] is orig:
+                    setattr(mod, attr, swaps[id(orig)][1] if to_wrapper else orig)
 
 
 def _timing(stage: str, status: str, wall: float, meter: _Meter | None = None, **extra: Any) -> dict[str, Any]:

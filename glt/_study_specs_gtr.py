@@ -117,9 +117,14 @@ def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
 def _exit_figs(results: dict[Stage, Any]) -> dict[str, Any]:
     from glt._plots_studies import plot_early_exit
 
+    from glt._frequency import DEFAULT_EDGES, EXCLUDED, bucket_labels
+
+    order = list(bucket_labels(DEFAULT_EDGES)) + [EXCLUDED]
     out = {}
     for s, res in results.items():
-        out[f"early_exit_{s.lens}"] = plot_early_exit(res)
+        cats = [g for g in res.groups if g != "all"]
+        cats.sort(key=lambda g: order.index(g) if g in order else len(order))
+        out[f"early_exit_{s.lens}"] = plot_early_exit(res, groups=cats + ["all"])
         out[f"early_exit_accuracy_{s.lens}"] = plot_early_exit(res, metric="accuracy", groups=["all"])
     return out
 

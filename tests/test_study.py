@@ -114,6 +114,25 @@ def test_out_folder_rules(tmp_path):
 
 
 # ------------------------------------------------------------------ timing meter
+def test_meter_restores_modules_imported_while_installed(monkeypatch):
+    """A module imported during a stage binds the wrapper; the meter must unbind it afterwards."""
+    import types
+
+    import glt._readout as ro
+
+    orig = ro.readout
+    late = types.ModuleType("glt._late_test_module")
+    monkeypatch.setitem(sys.modules, late.__name__, late)
+    meter = _study._Meter()
+    with meter.installed():
+        late.readout = ro.readout  # what `from glt._readout import readout` does mid-stage
+        assert late.readout is not orig
+    assert late.readout is orig and ro.readout is orig
+    with _study._Meter().installed():  # a stale wrapper left anywhere is re-wrapped, not nested
+        assert late.readout._glt_meter_orig is orig
+    assert late.readout is orig
+
+
 def test_meter_times_forward_and_readout_and_restores(tiny_llama):
     import glt._capture as cap
     import glt._readout as ro
@@ -137,6 +156,7 @@ def test_meter_times_forward_and_readout_and_restores(tiny_llama):
     import glt._patching as pa
 
     assert pa._patched_final is _patched_final
+    assert not hasattr(glt.readout, "_glt_meter_orig") and not hasattr(cap._forward_residuals, "_glt_meter_orig")
     ids = glt.tokenize(tiny_llama, ["the city", "a river"])
     captured = sum(len(i) for i in ids)  # each prompt's residuals once
     assert meter.forward_tokens == captured + 2 * len(ids[0])  # 2 patched copies of the target
@@ -264,3 +284,20 @@ def test_both_lenses_with_a_lens_folder(tiny_folder, tmp_path):
     assert (out / "figures" / "bucket_share_logit_vs_tuned.png").is_file()
     prov = json.loads((out / "provenance.json").read_text())
     assert "tuned lens" in prov and "logit lens" in prov
+
+
+@pytest.mark.integration
+def test_study_on_the_default_model_small(tmp_path):
+    """The real model, default lens, a few positions: stages, figures and report come out."""
+    cfg = study_config(quick=True)
+    cfg = StudyConfig.from_dict({**cfg.to_dict(), "gtr_texts": 2, "gtr_max_tokens": 8})
+    out = tmp_path / "study"
+    run_study(cfg, out, stages=["heatmap", "guess_refine", "early_exit"], progress=False)
+    summary = json.loads((out / "timings" / "summary.json").read_text())
+    assert {r["status"] for r in summary["stages"].values()} == {"computed"}
+    from glt._guess_refine import GuessRefineResult
+
+    res = GuessRefineResult.load(out / "data" / f"guess_refine_{cfg.lenses[0]}.json")
+    assert res.n_positions == 2 * 7 and res.model == "gemma-3-270m"  # BOS-only prefix not read
+    md = (out / "report.md").read_text()
+    assert "gemma-3-270m" in md and "## Headline numbers" in md

@@ -23,7 +23,8 @@ def _texts(n: int, seed: int = 0, words: int = 24) -> list[str]:
 
 TRAIN = _texts(24)
 HELD = _texts(6, seed=1)
-FAST = dict(max_tokens=300, tokens_per_step=100, least_squares_tokens=200, progress=False, row_chunk=32)
+FAST = dict(max_tokens=300, tokens_per_step=100, least_squares_tokens=200, progress=False, row_chunk=32,
+            optimizer="sgd")  # the linesearch default has its own tests below
 
 
 # ------------------------------------------------------------------------------- tiled KL kernel
@@ -143,19 +144,19 @@ def test_training_is_deterministic_under_seed(tiny_llama, trained):
 
 
 def test_zero_init_sgd_recipe_runs_and_records_settings(tiny_llama):
-    lens = train_tuned_lens(tiny_llama, TRAIN, init="zero", optimizer="adam", **FAST)
+    lens = train_tuned_lens(tiny_llama, TRAIN, init="zero", **dict(FAST, optimizer="adam"))
     tr = lens.config["training"]
     assert tr["init"] == "zero" and tr["optimizer"] == "adam" and tr["steps"] == 3
     assert float(lens.weight.detach().abs().sum()) > 0
 
 
 def test_linesearch_never_raises_validation_kl_and_beats_its_start(tiny_llama):
-    lens = train_tuned_lens(tiny_llama, TRAIN, optimizer="linesearch", seed=3, **dict(FAST, max_tokens=400))
+    lens = train_tuned_lens(tiny_llama, TRAIN, seed=3, **dict(FAST, max_tokens=400, optimizer="linesearch"))
     hist = lens.config["training"]["history"]
     val = torch.tensor([h["val_kl"] for h in hist])  # [step, layer]
     assert bool((val[1:] <= val[:-1] + 1e-6).all())
     assert all(len(h["step_sizes"]) == 3 and min(h["step_sizes"]) >= 0 for h in hist)
-    start = train_tuned_lens(tiny_llama, TRAIN, optimizer="linesearch", seed=3, **dict(FAST, max_tokens=0))
+    start = train_tuned_lens(tiny_llama, TRAIN, seed=3, **dict(FAST, max_tokens=0, optimizer="linesearch"))
     stack = glt.capture_residuals(tiny_llama, HELD)
     kl_t = glt.readout(stack, lens).kl_to_final.mean(1)
     kl_s = glt.readout(stack, start).kl_to_final.mean(1)
@@ -214,6 +215,7 @@ def test_corrupted_checkpoint_raises(tiny_llama, tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     ({"init": "bogus"}, "init must be"),
     ({"optimizer": "lbfgs"}, "optimizer must be"),
+    ({"init": "zero", "optimizer": "linesearch", "max_tokens": -5}, "max_tokens"),
     ({"max_tokens": -1}, "max_tokens"),
     ({"tokens_per_step": 0}, "tokens_per_step"),
     ({"frequency_counts": torch.ones(7)}, "d_vocab=101"),

@@ -271,7 +271,7 @@ def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
     stack = glt.capture_residuals(default_model, texts)
     mask = stack.mask.clone()
     mask[:, 0] = False  # BOS
-    mask[:, 12:] = False
+    mask[:, 9:] = False
     tuned = glt.readout(stack, lens, positions=mask)
     logit = glt.readout(stack, LogitLens.from_model(default_model), positions=mask)
     assert tuned.n_rows >= 24
