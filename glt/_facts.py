@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from glt._capture import iter_residuals, layer_labels
+from glt._capture import iter_residuals, layer_labels, model_tokenizer
 from glt._errors import GltError
 from glt._fact_data import Fact, load_glt_facts
 from glt._io import read_json, write_json
@@ -452,7 +452,7 @@ def run_fact_recall(
     """
     facts = _as_facts(facts)
     ks = _check_options(ks, max_answer_tokens, batch_size)
-    tok = getattr(model, "tokenizer", None)
+    tok = model_tokenizer(model)
     if tok is None:
         raise GltError("model has no tokenizer: load it with glt.load_model or attach one")
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)

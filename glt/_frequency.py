@@ -94,9 +94,10 @@ def _is_model(obj: Any) -> bool:
 def _tokenizer_info(tokenizer: Any) -> tuple[Any, int, str]:
     """(HF tokenizer, vocabulary size, name) for an HF tokenizer or a glt/TransformerLens model."""
     if _is_model(tokenizer):
+        from glt._capture import model_tokenizer
         from glt._models import model_name
 
-        tok = tokenizer.tokenizer
+        tok = model_tokenizer(tokenizer)
         if tok is None:
             raise GltError("tokenizer: the model has no tokenizer: pass its Hugging Face tokenizer")
         return tok, max(int(tokenizer.cfg.d_vocab), len(tok)), model_name(tokenizer)

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from glt._capture import iter_residuals
+from glt._capture import iter_residuals, model_tokenizer
 from glt._errors import GltError
 from glt._frequency import TokenFrequency, load_frequency
 from glt._io import read_json, write_json
@@ -250,7 +250,7 @@ def _default_frequency(model: Any) -> TokenFrequency:
 def _token_ids(model: Any, text: Any, i: int) -> list[int]:
     """Token ids of one text exactly as `glt.tokenize` gives them (ids pass through, checked)."""
     if isinstance(text, str):
-        tok = getattr(model, "tokenizer", None)
+        tok = model_tokenizer(model)
         if tok is None:
             raise GltError("texts are strings but the model has no tokenizer: pass token id lists")
         return [int(t) for t in tok(text, add_special_tokens=True)["input_ids"]]
@@ -268,7 +268,7 @@ def _plan(
     per_text: int | None = None,
 ) -> tuple[list[tuple[int, list[int], int, list[int]]], dict[str, int]]:
     """Choose read positions: ``(text index, forward ids, first read pos, golds)`` per text."""
-    tok = getattr(model, "tokenizer", None)
+    tok = model_tokenizer(model)
     bos = getattr(tok, "bos_token_id", None)
     n_ctx = int(model.cfg.n_ctx)
     rng = random.Random(seed)

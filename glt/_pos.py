@@ -37,7 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from glt._capture import iter_residuals
+from glt._capture import iter_residuals, model_tokenizer
 from glt._errors import GltError
 from glt._io import read_json, write_json
 from glt._onsets import K_GRID, OnsetCurve, Onsets, aggregate_onsets, compute_onsets, topk_churn
@@ -356,7 +356,7 @@ def run_pos_study(
     """
     tags = check_tags(tags)
     ks = _check_args(construction, ks, batch_size, max_items, min_prefix_chars)
-    tokenizer = getattr(model, "tokenizer", None)
+    tokenizer = model_tokenizer(model)
     if tokenizer is None:
         raise GltError("model has no tokenizer: the part-of-speech study needs one to align words")
     it, source = texts_iter(texts)

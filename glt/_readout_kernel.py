@@ -312,7 +312,7 @@ def _run(p: _Plan, workers: int) -> _State:
     """Scan every tile with ``workers`` threads pulling tiles from one queue; merge the states."""
     n_tiles = -(-p.W.shape[0] // p.tile)
     queue = itertools.count()
-    if p.x_mm.is_cuda:
+    if p.x_mm.is_cuda or workers == 0:  # one stream; CPU: torch's own intra-op threads
         parts = [_scan(p, queue)]
     else:
         workers = max(1, min(workers, n_tiles))

@@ -559,9 +559,9 @@ TOKEN_TEXTS = ["the capital of france is paris", "he was in the city , she was"]
 
 
 @pytest.mark.parametrize("study", [
-    pytest.param("guess_refine", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_guess_refine.py _token_ids, _plan)")),
-    pytest.param("facts", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_facts.py run_fact_recall: tok = model.tokenizer)")),
-    pytest.param("pos", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_pos.py run_pos_study: tokenizer = model.tokenizer)")),
+    "guess_refine",
+    "facts",
+    "pos",
     "multiple_choice",
 ])
 def test_studies_feed_the_model_exactly_glt_tokenize_tokens(nobos_model, monkeypatch, study):
@@ -592,7 +592,6 @@ def test_studies_feed_the_model_exactly_glt_tokenize_tokens(nobos_model, monkeyp
         assert any(w[: len(seq)] == seq for w in want), f"fed {seq}, glt.tokenize gives {want}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TOKEN_BUG + " (_frequency.py _tokenizer_info: tok = model.tokenizer)")
 def test_frequency_counts_of_a_model_use_glt_tokenize(nobos_model):
     freq = TokenFrequency.from_texts(TOKEN_TEXTS, nobos_model, progress=False)
     ids = [t for text in TOKEN_TEXTS for t in glt.tokenize(nobos_model, text)[0]]
