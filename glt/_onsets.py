@@ -37,8 +37,10 @@ K_GRID: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000,
 
 
 def _inside(ranks: Int[Tensor, "layer n"], k: int) -> Bool[Tensor, "layer n"]:
-    if ranks.ndim != 2:
-        raise GltError(f"ranks must be [layer, n], got shape {tuple(ranks.shape)}")
+    if ranks.ndim != 2 or ranks.shape[0] == 0:
+        raise GltError(
+            f"ranks must be [layer, n] with at least one layer, got shape {tuple(ranks.shape)}"
+        )
     if k < 1:
         raise GltError(f"k must be >= 1, got {k}")
     return ranks < k
@@ -101,7 +103,7 @@ class Onsets:
     n_layers: int
 
 
-def compute_onsets(ranks: Int[Tensor, "layer n"], ks: Sequence[int] = K_GRID) -> Onsets:
+def compute_onsets(ranks: Int[Tensor, "layer n"], ks: Any = K_GRID) -> Onsets:
     """First-crossing and stable onsets for every k in ``ks``.
 
     Example:
@@ -109,9 +111,14 @@ def compute_onsets(ranks: Int[Tensor, "layer n"], ks: Sequence[int] = K_GRID) ->
         >>> o.first.tolist(), o.stable.tolist()
         ([[1, 0], [1, 0]], [[3, 0], [1, 0]])
     """
-    ks = tuple(int(k) for k in ks)
-    if not ks:
-        raise GltError("ks must hold at least one threshold k >= 1")
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise GltError(f"ks must be a sequence of integer thresholds >= 1, got {ks!r:.60}")
+    ks = tuple(ks)
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    if bad or not ks:
+        raise GltError(
+            f"ks must hold integer thresholds k >= 1, got {list(ks)!r:.80}: e.g. ks=glt.K_GRID"
+        )
     first = torch.stack([first_crossing(ranks, k) for k in ks])
     stable = torch.stack([stable_onset(ranks, k) for k in ks])
     return Onsets(ks, first, stable, int(ranks.shape[0]) - 1)

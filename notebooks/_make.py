@@ -352,7 +352,7 @@ it saves the lens folder when done."""),
     ("code", """lens = glt.train_tuned_lens(
     model, train_texts,
     least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, val_rows=24, seq_len=32,
-    heldout_texts=heldout_texts, eval_rows=48,
+    heldout_texts=heldout_texts, eval_rows=32,
     out=work / "my-lens", data_name="24 Wikipedia paragraphs (notebook 06)", progress=False,
 )
 train = lens.config["training"]
@@ -378,9 +378,10 @@ ax.set_xlabel("layer (residual index; 0 = embeddings)")
 ax.set_ylabel("mean KL(final || lens), nats")
 ax.set_title(f"Held-out KL per layer (N={held['rows']} positions)")
 ax.legend();"""),
-    ("md", """The same comparison through a read-out: the rank of the final prediction over depth for one
-held-out paragraph, logit lens left, our small tuned lens right."""),
-    ("code", """stack = glt.capture_residuals(model, [heldout_texts[0]])
+    ("md", """The same comparison through a read-out: the rank of the final prediction over depth at every
+position of the start of one held-out paragraph, logit lens left, our small tuned lens right."""),
+    ("code", """ids = glt.tokenize(model, [heldout_texts[0]])[0][:48]   # its first 48 tokens
+stack = glt.capture_residuals(model, [ids])
 logit = glt.LogitLens.from_model(model)
 r_logit = glt.readout(stack, logit, top_k=1)
 r_tuned = glt.readout(stack, lens, top_k=1)

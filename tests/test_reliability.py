@@ -173,8 +173,6 @@ def _only_glt_error(fn, *args, **kw):
         return None
 
 
-@pytest.mark.xfail(strict=False, reason="BUG glt/_onsets.py compute_onsets: ks items are not validated "
-                   "(see test_bug_onsets_ks_not_validated)")
 @PURE
 @given(junk, junk)
 def test_onsets_junk_raises_only_glt_error(ranks, ks):
@@ -739,17 +737,12 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
 # ------------------------------------------------------------------------------ known bugs
 # Minimal repros of bugs found by the tests above; strict xfails, so a fix makes them fail with
 # "XPASS(strict)": then remove the mark here and the matching non-strict mark above.
-@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError), reason="BUG glt/_onsets.py:112 "
-                   "compute_onsets: `tuple(int(k) for k in ks)` lets TypeError/ValueError escape "
-                   "(ks=[1, None], ks=['a']) and silently truncates ks=(1.5,) to 1")
 @pytest.mark.parametrize("ks", [(1, None), ("a",)])
 def test_bug_onsets_ks_not_validated(ks):
     with pytest.raises(glt.GltError):
         compute_onsets(torch.zeros(3, 2, dtype=torch.long), ks)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="BUG glt/_onsets.py first_crossing / "
-                   "stable_onset: ranks with zero layers ([0, n]) raise IndexError from min()")
 def test_bug_onsets_of_zero_layers():
     with pytest.raises(glt.GltError):
         compute_onsets(torch.zeros(0, 3, dtype=torch.long), (1,))

@@ -246,7 +246,7 @@ def test_truncated_files_raise_glt_error_naming_the_file(saved, tmp_path_factory
     _expect_named_error(load, where, damaged)
 
 
-@pytest.mark.parametrize("kind", _kinds(ARTEFACTS, ("mc", "lens_eval")))
+@pytest.mark.parametrize("kind", _kinds(ARTEFACTS, ("mc",)))
 @settings(FUZZ, max_examples=10)
 @given(seed=st.integers(0, 2**16))
 def test_garbled_bytes_raise_glt_error_naming_the_file(saved, tmp_path_factory, kind, seed):
