@@ -233,7 +233,7 @@ def load_model(
                 f"the cached model at {folder} is corrupted or incomplete ({type(e).__name__}: "
                 f"{str(e)[:200]}): delete that folder and load again to rebuild it"
             ) from e
-        if not isinstance(e, (OSError, ValueError, KeyError, RuntimeError, NotImplementedError)):
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         raise GltError(
             f"model {name!r} could not be loaded ({type(e).__name__}: {str(e)[:300]}): pass "

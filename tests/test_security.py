@@ -402,9 +402,6 @@ def test_pickled_model_weights_never_run(tiny_root, tmp_path):
 # ------------------------------------------------------------------------------ known bugs
 # Minimal repros of bugs found by the fuzz tests above; strict xfails, so a fix turns them into
 # failures that say "remove this mark" (and the matching xfail marks above).
-@pytest.mark.xfail(strict=True, raises=pickle.UnpicklingError, reason="BUG glt/_models.py load_model: exceptions outside (OSError, "
-                   "ValueError, KeyError, RuntimeError, NotImplementedError) are re-raised bare; "
-                   "transformers' refusal of a pickled pytorch_model.bin is an UnpicklingError")
 def test_pickled_model_weights_raise_glt_error(tiny_root, tmp_path):
     folder, _ = _evil_model(tiny_root, tmp_path)
     with pytest.raises(glt.GltError):
