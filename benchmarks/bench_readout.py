@@ -221,6 +221,54 @@ def make_gemm(p: SimpleNamespace, n: int, dtype: torch.dtype):
 # ----------------------------------------------------------------------------- main
 
 
+def render_markdown(runs: list[dict]) -> str:
+    """The docs page (docs/benchmarks.md) for one or more result dicts of `main`."""
+    out = [
+        "# Benchmarks: the streamed read-out",
+        "",
+        "Written by `python benchmarks/bench_readout.py --markdown docs/benchmarks.md` (rerun it to",
+        "refresh this page; `--from-json a.json,b.json` renders saved runs). Every contender runs in",
+        "one process on the same residuals and targets, interleaved round by round; the tables give",
+        "medians over rounds, and ratios are medians of per-round ratios. `x roofline` divides by",
+        "the plain fp32 GEMM of the read-out's shape (`[layer*tokens, d_model] @ [d_model, d_vocab]`)",
+        "measured in the same rounds. `tok/cpu-s` divides tokens by the process's CPU time, which on",
+        "a shared machine is steadier than wall time. No test asserts on these numbers.",
+        "",
+        "Contenders: **glt** = `glt.readout` computing every statistic (exact ranks, target",
+        "log-probs, top-5, entropy, KL to the final layer); **tl** = TransformerLens 4's",
+        "`tools.analysis.logit_lens` ranking the same targets from a `run_with_cache` cache (ranks",
+        "and entropy only); **naive** = materialised `[layer, token, vocab]` logits, `log_softmax`,",
+        "ranks by comparison, top-k, entropy, KL; **baseline** = an earlier glt read-out, when given;",
+        "**gemm** = the roofline.",
+    ]
+    for res in runs:
+        c = res["contenders"]
+        out += [
+            "",
+            f"## {res['label']}, {res['device']}, {res['threads']} thread(s)",
+            "",
+            f"{res['n_layer']} layers x d_model {res['d_model']} x d_vocab {res['d_vocab']}; "
+            f"{res['tokens']} tokens (naive: {res['naive_tokens']}); {res['repeats']} rounds; "
+            f"load average after the run {res['load_average_after']:.1f}.",
+            "",
+            "| contender | tokens/s | GFLOP/s | x roofline (wall) | x roofline (CPU time) "
+            "| tok/cpu-s | peak extra MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, v in c.items():
+            wall = res["ratios"].get(f"{name}/gemm", 1.0 if name == "gemm" else float("nan"))
+            cpu = res["cpu_time_ratios"].get(f"{name}/gemm", 1.0 if name == "gemm" else float("nan"))
+            out.append(f"| {name} | {v['tokens_per_s']:.2f} | {v['gflops']:.1f} | {wall:.3f} | "
+                       f"{cpu:.3f} | {v['tokens_per_cpu_s']:.2f} | {v['peak_extra_mb']:.0f} |")
+        out += ["", "Ratios of tokens/s (wall | CPU time):", ""]
+        out += [f"- `{k}`: {v:.3f} | {res['cpu_time_ratios'][k]:.3f}" for k, v in res["ratios"].items()]
+        if res.get("glt_peak_extra_mb_by_tokens"):
+            mem = ", ".join(f"{k} tokens: {v:.0f} MB"
+                            for k, v in res["glt_peak_extra_mb_by_tokens"].items())
+            out += ["", f"glt's peak extra memory by tokens read: {mem}."]
+    return "\n".join(out) + "\n"
+
+
 def _load_module(path: str):
     spec = importlib.util.spec_from_file_location("bench_alt_readout", path)
     mod = importlib.util.module_from_spec(spec)
@@ -245,7 +293,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for every contender (glt: worker threads)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--markdown", default=None, help="write the docs page here")
+    ap.add_argument("--from-json", default=None,
+                    help="comma list of saved --json results: render --markdown without running")
     args = ap.parse_args(argv)
+    if args.from_json:
+        runs = [json.load(open(f)) for f in args.from_json.split(",")]
+        text = render_markdown(runs)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        else:
+            print(text)
+        return {"runs": runs}
 
     device = torch.device(args.device)
     if args.threads:
@@ -363,6 +423,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(render_markdown([res]))
     return res
 
 

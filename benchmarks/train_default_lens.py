@@ -82,12 +82,30 @@ def report(model, args, t0: float) -> int:
             "data": WIKI_SOURCE + " train split (articles 0, 2, 4, ...)",
             "least_squares_tokens": ls.config["least_squares"]["tokens"], "least_squares_seconds": ls_time,
             "kl_tokens": tr["tokens_trained"], "kl_steps": tr["steps"], "kl_seconds": tr["seconds"],
-            "settings": {k: tr[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "grad_clip",
-                                            "tokens_per_step", "seq_len", "seed", "compute_dtype")},
+            "settings": _settings(tr),
             "heldout": summarize(ev), "curves": curves, "evaluation_seconds": time.time() - t0}
     md = render_markdown(info, ev)
     tuned.save(args.out, extra_files={"report.json": info, "report.md": md, "eval.json": ev.to_json()})
     print(md)
+    return 0
+
+
+def _settings(tr: dict) -> dict:
+    keys = ("optimizer", "val_rows") if tr["optimizer"] == "linesearch" else (
+        "optimizer", "lr", "momentum", "weight_decay", "grad_clip")
+    return {k: tr[k] for k in keys + ("tokens_per_step", "seq_len", "seed", "compute_dtype")}
+
+
+def render(args) -> int:
+    """Re-render report.md (and the settings) from the saved report.json / eval.json in --out."""
+    from glt._io import atomic_write_text
+    from glt._lens_eval import LensEvaluation
+
+    info = json.loads((args.out / "report.json").read_text())
+    cfg = json.loads((args.out / "config.json").read_text())
+    info["settings"] = _settings(cfg["training"])
+    write_json(args.out / "report.json", info)
+    atomic_write_text(args.out / "report.md", render_markdown(info, LensEvaluation.load(args.out / "eval.json")))
     return 0
 
 
@@ -102,7 +120,12 @@ def render_markdown(info: dict, ev) -> str:
         f"{info['least_squares_seconds'] / 60:.1f} min (forward passes only).",
         f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
         f"{info['kl_seconds'] / 60:.1f} min on a shared 2-core CPU (bfloat16 logit tiles).",
-        f"- Settings: {json.dumps(info['settings'])}.",
+        f"- Settings: {json.dumps(info['settings'])} (line search: diagonally preconditioned KL "
+        "gradient, per-layer step sizes accepted on validation positions held out of the training "
+        "texts only when they beat one standard error; see glt/_lens_linesearch.py).",
+        "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
+        "--init ls --optimizer linesearch --val-rows 128 --max-tokens 1280 --tokens-per-step 128`, "
+        "then `... report --name tuned_gated`.",
         f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
         "",
         "## Held-out KL(final || lens) per layer, nats (mean; median in brackets)",
@@ -134,7 +157,7 @@ def render_markdown(info: dict, ev) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["ls", "kl", "report"])
+    ap.add_argument("phase", choices=["ls", "kl", "report", "render"])
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/default_lens"))
     ap.add_argument("--name", default="tuned")
     ap.add_argument("--init", default="ls", choices=["ls", "zero"])
@@ -152,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("glt/assets/lenses/default"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.phase == "render":
+        return render(args)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model = glt.load_model("default")

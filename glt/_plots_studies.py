@@ -203,7 +203,8 @@ def plot_early_exit(
                 axes.plot([float(result.onset_saved[gi])], [1.0], marker="*", ms=11, color=color,
                           ls="none", mec="white", mew=0.6)
             else:
-                axes.axhline(float(result.final_accuracy[gi]), color=color, lw=0.9, ls=":")
+                axes.axhline(float(result.final_accuracy[gi]), color=color, lw=0.9, ls=":",
+                             label=f"full model, {g}")
         if fixed and "all" in result.groups:
             gi = result.groups.index("all")
             saved = [(result.n_layers - layer) / result.n_layers for layer in result.exit_layers]
@@ -216,7 +217,7 @@ def plot_early_exit(
         axes.set_ylim(-0.02, 1.05)
         axes.set_xlabel("share of block compute saved")
         axes.set_ylabel("top-1 agreement with the final output" if metric == "agreement"
-                        else "next-token accuracy (full model dotted)")
+                        else "next-token accuracy (top-1 = gold next token)")
         axes.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.0, 1.0),
                     title="exit when the top-1 prob. >= tau\n(tau rising right to left)", title_fontsize=7.5)
         axes.set_title(title or f"Early exit by confidence ({result.lens} lens)")

@@ -50,6 +50,7 @@ from glt._errors import GltError
 
 __all__ = ["chunk_stats", "resolve_matmul_dtype"]
 
+_LOG2E = 1.0 / math.log(2.0)
 _EXTRA_CANDIDATES = 4  # float32 top-k candidates kept beyond k, for the exact re-ranking
 _LOWP = (torch.bfloat16, torch.float16)
 _W_STATS: "dict[tuple, tuple[float, float]]" = {}
@@ -184,8 +185,9 @@ def _count_ranks(
         rr = n_band.nonzero().flatten()
         if rr.numel() == 0:
             continue
-        band = ge.sub_(gt)  # 1.0 inside [lo, hi]
-        rows = torch.index_select(band, 0, rr, out=gbuf[: rr.numel() * y.shape[1]].view(-1, y.shape[1]))
+        w = y.shape[1]
+        rows = torch.index_select(ge, 0, rr, out=gbuf[: rr.numel() * w].view(-1, w))
+        rows.sub_(gt[rr])  # 1.0 inside the band [lo, hi]
         nb = n_band[rr]
         one = nb == 1
         if bool(one.all()):  # the usual case: one token per row, found by argmax
@@ -273,9 +275,9 @@ def _scan(p: _Plan, queue: Any) -> _State:
             y.div_(p.cap).tanh_().mul_(p.cap)
             torch.amax(y, -1, out=sums[0])
         y.sub_(sums[0][:, None])
-        # exp below e^-80 adds < 1e-29 of the sum (the tile max gives e^0 = 1), and torch's exp
-        # takes a slow path that costs as much as the matmul where it underflows
-        e = torch.clamp(y, min=-80.0, out=ebuf[: R * w].view(R, w)).exp_()
+        # exp(y) as exp2(y / ln 2): torch's exp2 is ~3x faster than its exp, and its exp takes
+        # a slow path (as costly as the matmul) wherever the result underflows; exp2 does not
+        e = torch.mul(y, _LOG2E, out=ebuf[: R * w].view(R, w)).exp2_()
         torch.sum(e, -1, out=sums[1])
         tmp = mbuf[: R * w].view(R, w)  # products go to a kept buffer: fresh ones fault pages in
         torch.sum(torch.mul(e, y, out=tmp), -1, out=sums[2])

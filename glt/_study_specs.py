@@ -227,7 +227,8 @@ def _patch_head(res: Any) -> list[tuple[str, str]]:
     return [("pairs (valid: each unpatched prompt on its own options)", f"{res.n_pairs} ({int(res.valid.sum())})"),
             ("median patching transition layer (stable)", med(ts)),
             (f"median layer where the {res.lens} lens settles on the source options", med(ls)),
-            ("pairs where patching and lens disagree", str(len(res.disagreements())))]
+            ("pairs whose patching transition and lens layer differ (by >= 1 layer, or one never "
+             "settles)", f"{len(res.disagreements())} of {res.n_pairs}")]
 
 
 def _tables(res: Any) -> dict[str, Any]:

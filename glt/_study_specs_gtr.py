@@ -115,9 +115,8 @@ def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
 
 
 def _exit_figs(results: dict[Stage, Any]) -> dict[str, Any]:
-    from glt._plots_studies import plot_early_exit
-
     from glt._frequency import DEFAULT_EDGES, EXCLUDED, bucket_labels
+    from glt._plots_studies import plot_early_exit
 
     order = list(bucket_labels(DEFAULT_EDGES)) + [EXCLUDED]
     out = {}

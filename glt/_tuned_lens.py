@@ -160,7 +160,18 @@ class TunedLens(LogitLens):
         }
 
 
+def _publish_modes(tmp: Path) -> None:
+    """Give the folder and its files the usual permissions (mkdtemp/mkstemp make them private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    for f in tmp.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
+
+
 def _replace_dir(tmp: Path, path: Path) -> None:
+    _publish_modes(tmp)
     if path.exists() and not path.is_dir():
         raise GltError(f"lens path {path} exists and is not a folder: pass a folder path")
     if path.exists():
