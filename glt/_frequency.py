@@ -384,13 +384,14 @@ class TokenFrequency:
 
         ids = (self.counts > 0).nonzero().flatten()
         b = self.bucket_of(ids)
+        labels = self.labels  # a property that scans the vocabulary: read it once
         df = pd.DataFrame(
             {
                 "token_id": ids.numpy(),
                 "count": self.counts[ids].numpy(),
                 "share": (self.counts[ids].double() / self.n_tokens).numpy(),
                 "rank": self._rank[ids].numpy(),
-                "bucket": [self.labels[i] for i in b.tolist()],
+                "bucket": [labels[i] for i in b.tolist()],
             }
         )
         return df.sort_values(["count", "token_id"], ascending=[False, True], ignore_index=True)

@@ -139,7 +139,7 @@ reason.
 By default the texts are sentences from the held-out half of the offline Wikipedia sample and the
 tags are the paper's six. With the paper's construction (`"first"`), each sentence gives at most
 one item per tag: the first word with that tag."""),
-    ("code", """N_ITEMS = 150
+    ("code", """N_ITEMS = 120
 pos = glt.run_pos_study(model, tuned, max_items=N_ITEMS, progress=False)
 print(pos.data_source)
 print(f"{pos.n_items} items from {len(pos.texts)} texts, tags {pos.tags}")
