@@ -12,7 +12,7 @@ device first); without an initialised process group everything runs as one rank.
 
 Example:
     >>> shard_range(10, batch_size=4, rank=1, world_size=2)
-    range(8, 10)
+    range(4, 10)
     >>> # torchrun --nproc_per_node 2 my_study.py, where my_study.py does:
     >>> # torch.distributed.init_process_group("gloo")
     >>> # r = glt.sharded_readout(model, texts, batch_size=8)   # same Readout on every rank
@@ -114,8 +114,11 @@ def sharded_readout(
 
     if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) == 0:
         raise GltError(f"inputs must be a non-empty list of texts or token id lists, got {inputs!r:.80}")
-    if "targets" in readout_kwargs:
-        raise GltError("pass targets as a function f(stack, items) -> ids: a global tensor cannot be sharded")
+    if targets is not None and not callable(targets):
+        raise GltError(
+            f"targets must be a function f(stack, items) -> ids (a global tensor cannot be "
+            f"sharded), got {type(targets).__name__}"
+        )
     lens = lens if lens is not None else LogitLens.from_model(model)
     shard = shard_range(len(inputs), batch_size=batch_size)
     parts: list[Readout] = []

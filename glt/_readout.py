@@ -14,7 +14,7 @@ Conventions:
 * ranks, top-k ids and target log-probabilities are **exact**: the logits deciding them are
   evaluated in float64 (products of the float32 operands, which are exact, summed by a fixed
   tree), so tile sizes, threads and devices never change them; only tokens within the float32
-  rounding bound of a target are re-evaluated (see `glt._readout_kernel`);
+  rounding bound of a target are re-evaluated (see `glt._exact`);
 * the default target is the final layer's top-1, the lowest token id among the maximal logits;
   top-k lists break ties by lowest id too;
 * log-sum-exp, entropy and KL accumulate float32 tiles into float64 sums;
@@ -40,7 +40,6 @@ __all__ = ["Readout", "readout", "select_rows"]
 
 _CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
 _CPU_TILE_ROWS = 640  # layer * rows per tile on CPU
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,15 +251,23 @@ def readout(
             read-out), or bfloat16 / float16, which defines the logits by operands rounded to
             that dtype (what a half-precision model computes itself) and accumulates in float32.
             Ranks are exact for the chosen operands either way.
-        threads: CPU worker threads, each scanning its own vocabulary range with single-threaded
-            torch ops (default: ``torch.get_num_threads()``); ignored on CUDA.
+        threads: CPU worker threads, which pull vocabulary tiles from one queue and run
+            single-threaded torch ops (default: ``torch.get_num_threads()``); ignored on CUDA.
 
     Returns:
         A frozen `Readout`.
 
     Example:
         >>> # r = glt.readout(stack, glt.LogitLens.from_model(model), positions="last")
-        >>> # r.ranks.shape -> (n_layers + 1, batch, 1)
+        >>> # r.ranks.shape -> (n_layers + 1, batch, 1); by hand, a 3-token identity unembedding:
+        >>> from glt._lens import LogitLens, Unembed
+        >>> lens = LogitLens(Unembed(torch.nn.Identity(), torch.eye(3), None), n_layers=1)
+        >>> resid = torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 5.0]).view(2, 1, 1, 3)
+        >>> stack = ResidualStack(resid, torch.zeros(1, 1, dtype=torch.long),
+        ...                       torch.ones(1, 1, dtype=torch.bool), ("embed", "final"))
+        >>> r = readout(stack, lens, top_k=2)
+        >>> r.targets.tolist(), r.ranks[:, 0, 0].tolist(), r.topk_ids[0, 0].tolist()
+        ([[2]], [2, 0], [1, 0])
     """
     if not isinstance(stack, ResidualStack):
         raise GltError(f"stack must be a glt.ResidualStack, got {type(stack).__name__}")

@@ -1,40 +1,30 @@
 """The read-out kernel: one streamed pass over vocabulary tiles, exact ranks, online softmax.
 
 For a chunk of rows (read positions) at every layer, `chunk_stats` computes the logits tile by
-tile (``[layer * rows, vocab_tile]``, a few MB so it stays in cache), reduces each tile at once
-and never keeps more than one tile per worker. Per tile it runs about ten fused-size passes:
+tile (``[layer * rows, vocab_tile]``, a few MB) and reduces each tile at once, writing every
+intermediate into preallocated buffers (fresh temporaries cost page faults). Per tile:
 
-* ranks: two comparisons per target against thresholds bracketing the target's exact logit;
-* top-k: a tile max, and ``topk`` only on the rows whose tile max beats their running k-th
-  value (after the first tiles almost none do);
-* log-sum-exp pieces relative to the tile's own max: one ``exp``, its sum, and its dot with the
-  shifted logits (entropy), stored per tile and folded in tile order in float64 at the end
-  (exact log-sum-exp algebra), so results do not depend on which worker took which tile;
-* KL(final || layer): the dot of each layer's shifted logits with the final layer's ``exp``
-  from the same tile, rescaled in the same fold, so no second pass and no stored
-  probabilities are needed.
+* ranks: two comparisons per target against float32 thresholds bracketing the target's exact
+  logit (float 0/1 masks summed as floats: several times faster than boolean masks); tokens
+  inside the bracket are re-evaluated exactly (see `glt._exact`, which also documents the bound);
+* top-k: ``topk`` only on the rows whose tile max beats their running k-th value; the float32
+  candidates are re-ranked exactly at the end;
+* log-sum-exp pieces relative to the tile's own max: ``exp2`` (torch's ``exp`` is ~3x slower and
+  takes a slow path costing as much as the matmul wherever its result underflows), its sum and
+  its dot with the shifted logits (entropy);
+* KL(final || layer): the dot of each layer's shifted logits with the final layer's ``exp`` from
+  the same tile.
 
-Precision (the part that keeps ranks exact). The logits are *defined* as the products of the
-operands in ``matmul_dtype`` (float32 by default: the float32 normalised residual and the
-unembedding as stored; bfloat16/float16 when asked, i.e. both operands rounded to it, which is
-what a half-precision model computes itself), evaluated exactly. The tile matmul multiplies those
-operands with float32 accumulation and float32 output (never rounding logits to 16 bits, which
-would create ties). Its error is bounded for every token by
-``gamma_K * ||x|| * max_v ||W_v||`` (Cauchy-Schwarz on the classic ``gamma_K = K u / (1 - K u)``
-bound, valid for any summation order; doubled for CUDA half-precision tensor cores, whose adders
-may truncate), plus float32 rounding of a bias. Each target's logit is computed exactly (float64 products of the operands, which are
-exact, summed by a fixed pairwise tree); tokens whose tile logit lies above the band ``t +- delta``
-are counted, tokens inside it (on the default model ~50 of 262,144 per layer and row, 0.02%)
-are re-evaluated the same exact way and compared with ``t``. So ranks (count of strictly greater
-logits, ties sharing the best rank) are exact, whatever the tile sizes, threads or device; top-k
-ids are chosen from float32 candidates, re-ranked exactly (ties: lowest id first) and verified
-against the same bound (a full exact row is computed in the rare case the check fails).
-With the soft-cap (Gemma 2), ranks and top-k order use the pre-cap logits, whose order the
-strictly increasing cap preserves; probabilities use the capped logits.
+The per-tile sums are stored by tile index and folded in tile order in float64 at the end (exact
+log-sum-exp algebra), so nothing depends on which worker took which tile. With a soft-cap
+(Gemma 2) ranks and top-k use the pre-cap logits, whose order the strictly increasing cap
+preserves; probabilities use the capped logits. When the targets default to the final top-1, a
+prepass computes the final layer's logits once, keeps them for the main pass (one row chunk of
+``d_vocab`` floats) and picks the exact top-1.
 
 CPU parallelism: worker threads draw tiles from one queue, each running single-threaded torch
-ops on its own tile (no barrier per op, and no worker idles while another is descheduled, which
-matters on a busy machine). CUDA uses one stream.
+ops (torch's intra-op threads synchronise at every op, which on a busy machine costs several
+times the work). CUDA uses one stream.
 """
 
 import itertools
@@ -47,14 +37,15 @@ import torch
 from torch import Tensor
 
 from glt._errors import GltError
+from glt._exact import error_bound, exact_logits_at, exact_topk, round_outward, weight_stats
 
 __all__ = ["chunk_stats", "resolve_matmul_dtype"]
 
 _LOG2E = 1.0 / math.log(2.0)
 _EXTRA_CANDIDATES = 4  # float32 top-k candidates kept beyond k, for the exact re-ranking
 _LOWP = (torch.bfloat16, torch.float16)
-_W_STATS: "dict[tuple, tuple[float, float]]" = {}
-_W_STATS_LOCK = threading.Lock()
+_K_SLICE = 512  # d_model slice per CPU matmul call (see `k_blocks`)
+_LOCK = threading.Lock()
 BAND_MEMBERS = [0, 0]  # diagnostics: tokens re-checked exactly, (layer, row, target) triples
 
 
@@ -68,49 +59,6 @@ def resolve_matmul_dtype(matmul_dtype: Any) -> torch.dtype:
             f"{matmul_dtype!r}: pick one of these (float32 reproduces the float32 read-out)"
         )
     return matmul_dtype
-
-
-def _w_stats(W: Tensor, b: Tensor | None, dtype: torch.dtype) -> tuple[float, float]:
-    """``max_v ||W_v||`` (of the operand) and ``max |b|``, cached per weight tensor version."""
-    key = (W.data_ptr(), tuple(W.shape), W._version, str(W.device), dtype,
-           None if b is None else (b.data_ptr(), b._version))
-    with _W_STATS_LOCK:
-        hit = _W_STATS.get(key)
-    if hit is not None:
-        return hit
-    wmax = 0.0
-    for a in range(0, W.shape[0], 16384):
-        blk = W[a : a + 16384].to(dtype).double()
-        wmax = max(wmax, float(blk.norm(dim=-1).max()))
-    bmax = 0.0 if b is None else float(b.double().abs().max())
-    with _W_STATS_LOCK:
-        if len(_W_STATS) > 8:
-            _W_STATS.clear()
-        _W_STATS[key] = (wmax, bmax)
-    return wmax, bmax
-
-
-def exact_logits(x64: Tensor, w_rows: Tensor, b_rows: Tensor | None) -> Tensor:
-    """Row-wise ``x64 . w_rows (+ b)`` in float64 by a fixed pairwise tree (bitwise reproducible).
-
-    The products of float32 (or 16-bit) operands are exact in float64; the fixed tree makes the
-    sum independent of batch size, threads and device, so identical unembedding rows tie exactly.
-    """
-    out = torch.empty(x64.shape[0], dtype=torch.float64, device=x64.device)
-    step = max(1, 2**19 // max(1, x64.shape[-1]))  # <= 4 MB of products at a time
-    for a in range(0, x64.shape[0], step):
-        p = x64[a : a + step] * w_rows[a : a + step].to(torch.float64)
-        d = p.shape[-1]
-        while d > 1:
-            h = d // 2
-            q = p[:, :h] + p[:, h : 2 * h]
-            if d % 2:
-                q[:, 0] += p[:, 2 * h]
-            p, d = q, h
-        out[a : a + step] = p[:, 0]
-    if b_rows is not None:
-        out = out + b_rows.to(torch.float64)
-    return out
 
 
 @dataclass
@@ -137,6 +85,7 @@ class _Plan:
     tile_sums: Tensor | None  # [n_tiles, 4, R] per tile: shift c (tile max), sum e, sum e(z-c), KL dot
     tile_count: Tensor | None  # [n_tiles, target, R] tokens surely above each target, per tile
     gate: bool  # CPU: topk only on rows whose tile max beats the running candidates
+    k_blocks: int  # d_model slices accumulated by separate matmul calls
 
     def w_rows(self, v: Tensor) -> Tensor:
         """Unembedding rows ``v`` as the exact re-check sees them (rounded operands)."""
@@ -158,15 +107,32 @@ class _State:
         self.above = torch.zeros(R * n_t, dtype=torch.int64, device=dev)  # from the band
 
 
+def k_blocks(d_model: int, cuda: bool) -> int:
+    """Slices of d_model the CPU matmul accumulates separately (tightens the error bound).
+
+    Summing ``K`` products in any order errs by at most ``gamma_K`` times the sum of their
+    magnitudes; accumulating ``nb`` slices of ``K / nb`` products with one ``addmm`` each bounds
+    every product's path by ``K / nb + nb`` roundings instead, so the band of tokens that need an
+    exact re-check narrows ~8x for ``d_model = 4096`` at the cost of re-reading the tile per slice.
+    """
+    return 1 if cuda else -(-d_model // _K_SLICE)
+
+
 def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
     W = p.W[a:b]
     x = p.x_mm[: p.n_gemm]
     if p.mm_dtype == torch.float32:
-        torch.mm(x, W.T if W.dtype == torch.float32 else W.float().T, out=y)
+        W = W if W.dtype == torch.float32 else W.float()
     elif x.is_cuda:
         y.copy_(torch.mm(x, W.to(p.mm_dtype).T, out_dtype=torch.float32))
+        return
     else:  # emulate: products of 16-bit operands are exact in float32, accumulate in float32
-        torch.mm(x, W.to(p.mm_dtype).float().T, out=y)
+        W = W.to(p.mm_dtype).float()
+    K = x.shape[1]
+    step = -(-K // p.k_blocks)
+    torch.mm(x[:, :step], W[:, :step].T, out=y)
+    for k0 in range(step, K, step):
+        y.addmm_(x[:, k0 : k0 + step], W[:, k0 : k0 + step].T)
 
 
 def _count_ranks(
@@ -208,8 +174,7 @@ def _resolve_band(p: _Plan, st: _State) -> None:
     v = torch.cat([q[1] for q in st.pending])
     st.pending = []
     n_t = p.t64.shape[1]
-    r = rj // n_t
-    ex = exact_logits(p.x64[r], p.w_rows(v), None if p.b is None else p.b[v])
+    ex = exact_logits_at(p.x64, rj // n_t, p.w_rows, v, p.b)
     up = (ex > p.t64.flatten()[rj]).long()
     st.above.index_add_(0, rj, up)
     st.band += int(rj.numel())
@@ -350,50 +315,6 @@ def _run(p: _Plan, workers: int) -> _State:
     return out
 
 
-def _exact_topk(p: _Plan, st: _State, k: int, x64: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact top-k ``(logit64 pre-cap, id)`` per row, best first, ties by lowest id."""
-    ids = st.cand_i
-    valid = ids >= 0
-    safe = ids.clamp_min(0)
-    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)
-    b = None if p.b is None else p.b[safe.flatten()]
-    ex = exact_logits(x64[rows.flatten()], p.w_rows(safe.flatten()), b).view(ids.shape)
-    ex = torch.where(valid, ex, -torch.inf)
-    order = torch.sort(torch.where(valid, ids, torch.iinfo(torch.int64).max), -1).indices
-    ex, ids = ex.gather(-1, order), ids.gather(-1, order)
-    ex, order = torch.sort(ex, dim=-1, descending=True, stable=True)
-    ids = ids.gather(-1, order)
-    top_v, top_i = ex[:, :k], ids[:, :k]
-    bad = (top_v[:, -1] <= st.floor.double() + p.delta) & torch.isfinite(st.floor)
-    for r in bad.nonzero().flatten().tolist():  # rare: a near-tie at the candidate boundary
-        full = torch.cat([
-            exact_logits(x64[r].expand(min(4096, p.W.shape[0] - a), -1),
-                         p.w_rows(torch.arange(a, min(a + 4096, p.W.shape[0]), device=x64.device)),
-                         None if p.b is None else p.b[a : a + 4096])
-            for a in range(0, p.W.shape[0], 4096)
-        ])
-        order = torch.sort(-full, stable=True).indices[:k]
-        top_v[r], top_i[r] = full[order], order
-    return top_v, top_i
-
-
-def _bounds(x_op: Tensor, wmax: float, bmax: float, cuda_lowp: bool) -> Tensor:
-    """Half-width of the band that contains every exact logit around its tile value."""
-    K = x_op.shape[-1]
-    u = 2.0**-24
-    gamma = K * u / (1 - K * u)
-    safety = 2.0 if cuda_lowp else 1.0  # tensor cores may truncate instead of rounding
-    xn = x_op.double().norm(dim=-1)
-    return safety * gamma * (xn * wmax) + 2 * u * (xn * wmax + bmax) * (bmax > 0) + 1e-300
-
-
-def _outward(t: Tensor, up: bool) -> Tensor:
-    f = t.float()
-    inf = torch.full_like(f, torch.inf if up else -torch.inf)
-    off = (f.double() < t) if up else (f.double() > t)
-    return torch.where(off, torch.nextafter(f, inf), f)
-
-
 def chunk_stats(
     unembed: Any,
     x: Tensor,
@@ -417,7 +338,7 @@ def chunk_stats(
     if matmul_dtype == torch.float16 and float(x.abs().max()) >= 65504:
         raise GltError("residuals overflow float16 after the final norm: use matmul_dtype=torch.bfloat16")
     lowp = matmul_dtype in _LOWP
-    wmax, bmax = _w_stats(W, b, matmul_dtype if lowp else W.dtype)
+    wmax, bmax = weight_stats(W, b, matmul_dtype if lowp else W.dtype)
     if lowp and matmul_dtype == torch.float16 and not math.isfinite(wmax):
         raise GltError("the unembedding overflows float16: use matmul_dtype=torch.bfloat16")
     flat = x.reshape(n_layer * rows, d_model)
@@ -429,10 +350,11 @@ def chunk_stats(
         x_mm = x_op.contiguous()
     k = min(top_k, d_vocab)
     n_keep = min(k + _EXTRA_CANDIDATES, d_vocab)
-    delta = _bounds(x_op, wmax, bmax, lowp and x.is_cuda)
+    nb = k_blocks(d_model, x.is_cuda)
+    delta = error_bound(x_op, wmax, bmax, lowp and x.is_cuda, n_terms=-(-d_model // nb) + nb)
     n_tiles = -(-d_vocab // tile)
     common = dict(W=W, b=b, cap=cap, mm_dtype=matmul_dtype, tile=tile, n_keep=n_keep,
-                  rows=rows, gate=not x.is_cuda)
+                  rows=rows, gate=not x.is_cuda, k_blocks=nb)
     store = None
     if targets is None:  # prepass: final-layer logits (kept) and their exact top-1
         store = torch.empty(n_tiles, rows, tile, device=x.device)
@@ -440,30 +362,29 @@ def chunk_stats(
                     delta=delta[-rows:], t64=None, hi=None, lo=None, final_store=store,
                     stats=False, tile_sums=None, tile_count=None)
         st = _run(pre, workers)
-        _, top1 = _exact_topk(pre, st, 1, x64[-rows:])
+        _, top1 = exact_topk(st.cand_v, st.cand_i, st.floor, pre.delta, 1, x64[-rows:],
+                             pre.w_rows, b, d_vocab)
         targets = top1
     n_t = targets.shape[1]
-    wt = W[targets.flatten()].view(rows, n_t, d_model)
-    rr = torch.arange(n_layer * rows, device=x.device) % rows
-    w_rows = wt[rr].reshape(-1, d_model)
-    b_rows = None if b is None else b[targets[rr].flatten()]
-    if lowp:
-        w_rows = w_rows.to(matmul_dtype)
-    t64 = exact_logits(x64.repeat_interleave(n_t, 0), w_rows, b_rows).view(-1, n_t)
+    r_all = torch.arange(n_layer * rows, device=x.device).repeat_interleave(n_t)
+    ids = targets[r_all % rows, torch.arange(n_t, device=x.device).repeat(n_layer * rows)]
+    t64 = exact_logits_at(x64, r_all, lambda v: W[v].to(matmul_dtype) if lowp else W[v], ids, b)
+    t64 = t64.view(-1, n_t)
     dl = delta[:, None]
     plan = _Plan(**common, n_layer=n_layer, x_mm=x_mm,
                  n_gemm=n_layer * rows if store is None else (n_layer - 1) * rows,
-                 x64=x64, delta=delta, t64=t64, hi=_outward(t64 + dl, True),
-                 lo=_outward(t64 - dl, False), final_store=store, stats=True,
+                 x64=x64, delta=delta, t64=t64, hi=round_outward(t64 + dl, True),
+                 lo=round_outward(t64 - dl, False), final_store=store, stats=True,
                  tile_sums=torch.empty(n_tiles, 4, n_layer * rows, device=x.device),
                  tile_count=torch.empty(n_tiles, n_t, n_layer * rows, device=x.device))
     st = _run(plan, workers)
     c, s, e, xs = _combine(plan)
     above = plan.tile_count.double().sum(0).T.long() + st.above.view(-1, n_t)
-    with _W_STATS_LOCK:
+    with _LOCK:
         BAND_MEMBERS[0] += st.band
         BAND_MEMBERS[1] += n_layer * rows * n_t
-    top_v, top_i = _exact_topk(plan, st, k, x64)
+    top_v, top_i = exact_topk(st.cand_v, st.cand_i, st.floor, delta, k, x64, plan.w_rows, b,
+                              d_vocab)
     lse = c + torch.log(s)
     ent = torch.log(s) - e / s
     cross = xs / s[-rows:].repeat(n_layer)  # sum_v p_final(v) (z_layer(v) - c_layer)

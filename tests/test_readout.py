@@ -198,6 +198,16 @@ def test_softcap_ranks_use_precap_order_where_float32_saturates():
     assert_matches(r, naive(stack, lens, top_k=4), atol=1e-4)
 
 
+@pytest.mark.parametrize("operand", [None, torch.bfloat16])
+def test_wide_d_model_uses_sliced_accumulation_and_stays_exact(operand):
+    """d_model > 512 is accumulated in slices on CPU (tighter band): still the exact reference."""
+    stack, lens = synthetic(d_model=1031, d_vocab=97, n_layers=2, batch=2, pos=3, bias=True)
+    n = int(stack.mask.sum())
+    targets = torch.randint(0, 97, (n, 2), generator=torch.Generator().manual_seed(7))
+    r = glt.readout(stack, lens, targets=targets, vocab_tile=40, matmul_dtype=operand)
+    assert_matches(r, naive(stack, lens, targets=targets, operand=operand), atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- invariance
 @pytest.mark.parametrize("kw", [
     dict(row_chunk=1, vocab_tile=1, threads=1),
