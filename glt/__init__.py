@@ -132,3 +132,18 @@ __all__ = [
     "train_tuned_lens",
     "wikipedia_paragraphs",
 ]
+
+
+def _check_public_functions() -> None:
+    """Wrap every public function so a wrongly typed argument raises GltError (see glt._check)."""
+    import inspect
+
+    from glt._check import checked
+
+    namespace = globals()
+    for name in __all__:
+        if inspect.isfunction(namespace[name]):
+            namespace[name] = checked(namespace[name])
+
+
+_check_public_functions()

@@ -37,7 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._onsets import stable_onset
 from glt._readout import Readout
 
@@ -177,9 +177,9 @@ class EarlyExitResult:
         data = read_json(path, "early-exit result")
         if not isinstance(data, dict) or data.get("format") != "glt.EarlyExitResult":
             raise GltError(f"{path} is not a saved EarlyExitResult: pass a file written by .save()")
-        n_groups = len(data.get("groups", ()))
         kw: dict[str, Any] = {}
-        try:
+        with malformed(path, "early-exit result", "rebuild it with save()"):
+            n_groups = len(data["groups"])
             for f in fields(cls):
                 v = data[f.name]
                 if f.name == "row_onset":
@@ -192,9 +192,7 @@ class EarlyExitResult:
                     kw[f.name] = tuple(v)
                 else:
                     kw[f.name] = v
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is not a valid EarlyExitResult ({e}): rebuild it with save()") from e
-        return cls(**kw)
+            return cls(**kw)
 
 
 def _float_tensor(v: list, n_groups: int) -> Tensor:

@@ -43,7 +43,7 @@ from torch import Tensor
 from glt._capture import iter_residuals, layer_labels, model_tokenizer
 from glt._errors import GltError
 from glt._fact_data import Fact, load_glt_facts
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._models import model_name
 from glt._onsets import K_GRID, OnsetCurve, Onsets, aggregate_onsets, compute_onsets
 from glt._readout import readout
@@ -330,7 +330,7 @@ class FactRecallResult:
         data = read_json(path, "fact-recall result")
         if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
             raise GltError(f"{path} is not a glt fact-recall result: pass a file from .save()")
-        try:
+        with malformed(path, "fact-recall result", "re-run and save"):
             kw = {f.name: data[f.name] for f in fields(cls)}
             for name, dtype in _TENSORS.items():
                 kw[name] = torch.tensor(kw[name], dtype=dtype)
@@ -342,8 +342,6 @@ class FactRecallResult:
             for name in ("sources", "ks", "layer_labels", "fact_index"):
                 kw[name] = tuple(kw[name])
             return cls(**kw)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is a malformed fact-recall result ({e}): re-run and save") from e
 
 
 _TENSORS = {"row_fact": torch.long, "row_position": torch.long, "gold": torch.long,

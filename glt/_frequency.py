@@ -31,7 +31,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from glt._errors import GltError
-from glt._io import atomic_write_bytes, read_json, write_json
+from glt._io import atomic_write_bytes, malformed, read_json, write_json
 
 __all__ = ["DEFAULT_EDGES", "TokenFrequency", "bucket_labels", "load_frequency"]
 
@@ -438,7 +438,7 @@ class TokenFrequency:
                 f"{folder / _COUNTS_FILE} does not match its metadata (corrupted or replaced): "
                 "rebuild the table with TokenFrequency.from_texts(...).save(path)"
             )
-        try:
+        with malformed(folder, "frequency table", "rebuild it"):
             t = load(blob)
             d_vocab = int(meta["d_vocab"])
             counts = torch.zeros(d_vocab, dtype=torch.long)
@@ -455,10 +455,6 @@ class TokenFrequency:
                 n_texts=int(meta["n_texts"]),
                 n_empty=int(meta.get("n_empty_texts", 0)),
             )
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            if isinstance(e, GltError):
-                raise
-            raise GltError(f"frequency table {folder} is malformed ({type(e).__name__}: {e}): rebuild it") from e
 
 
 def load_frequency(

@@ -34,7 +34,7 @@ from torch import Tensor
 from glt._capture import iter_residuals, model_tokenizer
 from glt._errors import GltError
 from glt._frequency import TokenFrequency, load_frequency
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._models import model_name
 from glt._readout import readout
 
@@ -223,7 +223,7 @@ class GuessRefineResult:
         data = read_json(path, "guess-then-refine result")
         if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
             raise GltError(f"{path} is not a glt guess-then-refine result: pass a file from .save()")
-        try:
+        with malformed(path, "guess-then-refine result", "re-run and save"):
             kw = {f.name: data[f.name] for f in fields(cls)}
             for name, dtype in _TENSORS.items():
                 kw[name] = torch.tensor(kw[name], dtype=dtype)
@@ -232,8 +232,6 @@ class GuessRefineResult:
             for name in ("layer_labels", "bucket_labels", "early_layers", "composition"):
                 kw[name] = tuple(kw[name])
             return cls(**kw)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is a malformed guess-then-refine result ({e}): re-run and save") from e
 
 
 def _default_frequency(model: Any) -> TokenFrequency:

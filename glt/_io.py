@@ -1,15 +1,21 @@
 """Atomic, non-executable persistence: JSON and safetensors, written to a temp file then renamed."""
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from glt._errors import GltError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "read_json", "write_json"]
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "malformed", "read_json", "recover_dir", "replace_dir",
+    "write_json",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -65,3 +71,76 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise GltError(
             f"{what} {path} is corrupted or truncated ({e}): delete it and rebuild it"
         ) from e
+
+
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError)
+
+
+@contextlib.contextmanager
+def malformed(path: str | os.PathLike, what: str, fix: str = "delete it and re-run") -> Iterator[None]:
+    """Turn any error raised while rebuilding a result from parsed JSON into one GltError.
+
+    A file that parses but lacks a field, holds the wrong type or the wrong shape (hand-edited,
+    from another glt version, or damaged) raises ``GltError`` naming the file, the problem and
+    the fix, never a bare ``KeyError`` / ``TypeError`` from deep inside a loader.
+    """
+    try:
+        yield
+    except GltError:
+        raise
+    except _MALFORMED as e:
+        raise GltError(
+            f"{what} {path} is malformed ({type(e).__name__}: {e}): {fix}"
+        ) from e
+
+
+def _publish_modes(tmp: Path) -> None:
+    """Give the folder and its files the usual permissions (mkdtemp/mkstemp make them private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    for f in tmp.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished folder ``tmp`` at ``path``, replacing what was there.
+
+    POSIX cannot swap two folders in one rename, so the old folder is first moved aside to
+    ``.<name>.old.<random>/<name>`` beside ``path`` and deleted only after the new one is in
+    place. A crash between the two renames leaves the old folder aside, never a half-written one
+    at ``path``; `recover_dir` (called by every reader) moves it back.
+    """
+    _publish_modes(tmp)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GltError(f"path {path} exists and is not a folder: pass a folder path")
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old / path.name, path)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(path: str | os.PathLike) -> Path:
+    """Undo an interrupted `replace_dir`: if ``path`` is missing, move the folder set aside back.
+
+    Returns ``path``. Where several were set aside (several crashes), the newest is restored.
+    """
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return path
+    aside = [p for p in path.parent.glob(f".{path.name}.old.*/{path.name}") if p.is_dir()]
+    if aside:
+        newest = max(aside, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, path)
+        shutil.rmtree(newest.parent, ignore_errors=True)
+    return path

@@ -96,6 +96,13 @@ class MCExample:
 
     For GLUE tasks ``question`` is the rendered input (``"Review: ..."``) and ``choices`` the label
     words. Build one from a dataset row with `example_from_row`.
+
+    Attributes:
+        question: the question text (or rendered GLUE input).
+        choices: the option contents, in order.
+        answer: index of the gold option in ``choices``.
+        subject: the MMLU subject or task name.
+        id: a stable identifier of the example.
     """
 
     question: str
@@ -128,7 +135,16 @@ class MCExample:
 
 @dataclass(frozen=True)
 class MCPrompt:
-    """A rendered prompt: its text (ending in the cue), option symbols and contents, gold index."""
+    """A rendered prompt: its text (ending in the cue), option symbols and contents, gold index.
+
+    Attributes:
+        text: the whole prompt, shots included, ending in the answer cue.
+        symbols: the option symbols as written (e.g. ``("A", "B", "C", "D")``).
+        contents: the option contents, in the same order.
+        answer: index of the gold option.
+        id: the example's identifier.
+        n_shots: how many solved examples precede the question.
+    """
 
     text: str
     symbols: Sequence[str]

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from glt._capture import capture_residuals, tokenize
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._mc_data import (
     MC_TASKS,
     MCExample,
@@ -282,16 +282,22 @@ class MultipleChoiceResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MultipleChoiceResult":
+    def from_dict(cls, d: dict[str, Any], source: Any = "dict") -> "MultipleChoiceResult":
+        """Rebuild a result from `to_dict`'s output (GltError naming ``source`` if malformed)."""
         if not isinstance(d, dict) or d.get("kind") != "glt.MultipleChoiceResult":
             raise GltError("not a saved MultipleChoiceResult: load a file written by result.save(path)")
+        with malformed(source, "multiple-choice result", "delete it and re-run the study"):
+            return cls._from_dict(d, source)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], source: Any) -> "MultipleChoiceResult":
         kw: dict[str, Any] = {}
         for f in fields(cls):
             v = d[f.name]
             if f.name in _TENSORS:
                 v = torch.tensor(v, dtype=_TENSORS[f.name])
             elif f.name == "control":
-                v = cls.from_dict(v) if v is not None else None
+                v = cls.from_dict(v, source) if v is not None else None
             elif f.name in ("symbols", "skipped"):
                 v = tuple(tuple(x) for x in v)
             elif isinstance(v, list):
@@ -306,7 +312,7 @@ class MultipleChoiceResult:
     @classmethod
     def load(cls, path: str | Path) -> "MultipleChoiceResult":
         """Read a result written by `save`."""
-        return cls.from_dict(read_json(path, "multiple-choice result"))
+        return cls.from_dict(read_json(path, "multiple-choice result"), path)
 
 
 def _collect(task: str, items: Any, n_items: int, shots: int, seed: int) -> tuple[list[Any], list, str]:

@@ -95,7 +95,14 @@ def topk_churn(ranks: Int[Tensor, "layer n"], k: int) -> tuple[Int[Tensor, " n"]
 
 @dataclass(frozen=True, eq=False)
 class Onsets:
-    """Per-item onsets on a grid of k: ``first[k_index, n]`` and ``stable[k_index, n]`` (-1 = never)."""
+    """Per-item onsets on a grid of k: ``first[k_index, n]`` and ``stable[k_index, n]`` (-1 = never).
+
+    Attributes:
+        ks: the k grid.
+        first: ``[k, n]`` first residual index whose rank is below k, -1 if never.
+        stable: ``[k, n]`` first residual index from which the rank stays below k, -1 if never.
+        n_layers: the model's block count: residual indices run 0 (embeddings) .. ``n_layers``.
+    """
 
     ks: tuple[int, ...]
     first: Int[Tensor, "k n"]
@@ -130,6 +137,14 @@ class OnsetCurve:
 
     ``n`` items in the group; ``n_crossed[i]`` reached the top-``ks[i]`` (and only those enter the
     statistics, which are NaN when none did).
+
+    Attributes:
+        group: the group's label (a frequency bucket, POS tag, answer position, ...).
+        kind: ``"first"`` (first crossing) or ``"stable"`` (stays inside from there on).
+        ks: the k grid.
+        n: items in the group.
+        n_crossed: per k, how many items ever reached the top-k.
+        mean, median, q25, q75: per k, statistics of the onset layer over those items.
     """
 
     group: str

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from glt._capture import _as_id_lists, capture_residuals, layer_labels
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._lens import LogitLens, Unembed
 from glt._models import model_name as _model_name
 from glt._onsets import first_crossing, stable_onset
@@ -185,7 +185,7 @@ class PatchingResult:
         if not isinstance(data, dict) or data.get("format") != "glt.PatchingResult":
             raise GltError(f"{path} is not a saved PatchingResult: pass a file written by .save()")
         kw: dict[str, Any] = {}
-        try:
+        with malformed(path, "patching result", "rebuild it with save()"):
             for f in fields(cls):
                 v = data[f.name]
                 if f.name in _INT_FIELDS:
@@ -199,8 +199,6 @@ class PatchingResult:
                 else:
                     kw[f.name] = tuple(v) if isinstance(v, list) else v
             return cls(**kw)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is not a valid PatchingResult ({e}): rebuild it with save()") from e
 
 
 def _compare(patch: int, lens: int, tolerance: int) -> tuple[float, bool]:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from glt._capture import iter_residuals, model_tokenizer
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import malformed, read_json, write_json
 from glt._onsets import K_GRID, OnsetCurve, Onsets, aggregate_onsets, compute_onsets, topk_churn
 from glt._pos_align import (
     CONTENT_TAGS,
@@ -207,7 +207,7 @@ class PosResult:
         d = read_json(path, "part-of-speech result")
         if not isinstance(d, dict) or d.pop("format", None) != _FORMAT:
             raise GltError(f"{path} is not a glt part-of-speech result ({_FORMAT}): rerun the study")
-        try:
+        with malformed(path, "part-of-speech result", "rerun the study"):
             n = len(d["items"])
             n_layer = len(d["layer_labels"])
             return cls(
@@ -223,8 +223,6 @@ class PosResult:
                 churn=tuple(d["churn"]),
                 skipped=tuple((a, b, int(c)) for a, b, c in d["skipped"]),
             )
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is a malformed part-of-speech result ({e}): rerun the study") from e
 
 
 def _nan(curve: dict) -> dict:

@@ -212,15 +212,23 @@ def _positive(name: str, value: Any) -> int | None:
 
 @contextmanager
 def _ieee_fp32() -> Iterator[None]:
-    """Float32 matmuls in full IEEE precision (no TF32/bf16 shortcuts) inside the block."""
+    """Float32 matmuls in full IEEE precision inside the block: no TF32, and no reduced-precision
+    (16-bit) reductions in half-precision GEMMs, either of which would break the error bound."""
     prec = torch.get_float32_matmul_precision()
+    cu = torch.backends.cuda.matmul
+    flags = {f: getattr(cu, f) for f in ("allow_bf16_reduced_precision_reduction",
+                                         "allow_fp16_reduced_precision_reduction")}
     if prec != "highest":
         torch.set_float32_matmul_precision("highest")
+    for f in flags:
+        setattr(cu, f, False)
     try:
         yield
     finally:
         if prec != "highest":
             torch.set_float32_matmul_precision(prec)
+        for f, v in flags.items():
+            setattr(cu, f, v)
 
 
 def readout(

@@ -29,6 +29,7 @@ times the work). CUDA uses one stream.
 
 import itertools
 import math
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +125,11 @@ def _matmul(p: _Plan, a: int, b: int, y: Tensor) -> None:
     if p.mm_dtype == torch.float32:
         W = W if W.dtype == torch.float32 else W.float()
     elif x.is_cuda:
-        y.copy_(torch.mm(x, W.to(p.mm_dtype).T, out_dtype=torch.float32))
+        Wl = W.to(p.mm_dtype)
+        try:  # 16-bit operands, float32 accumulation and output (torch >= 2.9)
+            y.copy_(torch.mm(x, Wl.T, out_dtype=torch.float32))
+        except (TypeError, RuntimeError, NotImplementedError):  # older torch: widen (exact products)
+            torch.mm(x.float(), Wl.float().T, out=y)
         return
     else:  # emulate: products of 16-bit operands are exact in float32, accumulate in float32
         W = W.to(p.mm_dtype).float()
@@ -341,6 +346,13 @@ def chunk_stats(
     wmax, bmax = weight_stats(W, b, matmul_dtype if lowp else W.dtype)
     if lowp and matmul_dtype == torch.float16 and not math.isfinite(wmax):
         raise GltError("the unembedding overflows float16: use matmul_dtype=torch.bfloat16")
+    if cap is None and (x.is_cuda or os.environ.get("GLT_FUSED") == "1"):
+        from glt._readout_triton import available  # imports Triton: only where it may run
+
+        if available(x, cap, matmul_dtype):
+            from glt._readout_fused import chunk_stats_fused
+
+            return chunk_stats_fused(unembed, x, targets, top_k, matmul_dtype=matmul_dtype)
     flat = x.reshape(n_layer * rows, d_model)
     x_op = flat.to(matmul_dtype) if lowp else flat
     x64 = x_op.double()

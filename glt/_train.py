@@ -149,7 +149,15 @@ def fit_least_squares(
     reg = xtx.clone()
     idx = torch.arange(d)
     reg[:, idx, idx] += lam[:, None]
-    theta = torch.linalg.solve(reg, xty)  # [layer, d+1, d]: rows = inputs (A^T), last = bias
+    if not bool(torch.isfinite(reg).all() and torch.isfinite(xty).all()):
+        raise GltError("least squares met non-finite residuals: check the model's outputs on these texts")
+    # reg is symmetric positive definite (a ridge-regularised Gram matrix): Cholesky is stable
+    # and avoids the batched LU path, which failed inside MKL for [18, 641, 641] float64 here
+    chol, info = torch.linalg.cholesky_ex(reg)
+    if bool((info == 0).all()):
+        theta = torch.cholesky_solve(xty, chol)  # [layer, d+1, d]: rows = inputs (A^T), last = bias
+    else:
+        theta = torch.linalg.lstsq(reg, xty).solution
     with torch.no_grad():
         lens.weight.copy_(theta[:, :d].transpose(-1, -2).float())
         lens.bias.copy_(theta[:, d].float())

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import read_json, recover_dir, replace_dir, write_json
 
 __all__ = ["load_checkpoint", "save_checkpoint", "save_tensors"]
 
@@ -39,7 +39,6 @@ def save_checkpoint(
 
     if rank != 0:
         return
-    from glt._tuned_lens import _replace_dir
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -58,7 +57,7 @@ def save_checkpoint(
         write_json(tmp / "state.json", {"fingerprint": fingerprint, "step": step, "history": history,
                                         "opt_scalars": scalars, "lens_config": lens.config,
                                         **({"search": search} if search is not None else {})})
-        _replace_dir(tmp, root / "latest")
+        replace_dir(tmp, root / "latest")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -75,7 +74,7 @@ def load_checkpoint(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    latest = Path(folder) / "latest"
+    latest = recover_dir(Path(folder) / "latest")
     if not (latest / "state.json").is_file():
         return None
     state = read_json(latest / "state.json", "checkpoint state")

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import read_json, recover_dir, replace_dir, write_json
 from glt._lens import LogitLens, Unembed
 
 __all__ = ["TunedLens", "export_tuned_lens", "import_tuned_lens", "load_lens"]
@@ -137,7 +137,7 @@ class TunedLens(LogitLens):
                     (tmp / name).write_text(obj, encoding="utf-8")
                 else:
                     write_json(tmp / name, obj)
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -158,33 +158,6 @@ class TunedLens(LogitLens):
             "dtype": "float32",
             "glt_version": _glt_version(),
         }
-
-
-def _publish_modes(tmp: Path) -> None:
-    """Give the folder and its files the usual permissions (mkdtemp/mkstemp make them private)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    for f in tmp.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~mask)
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    _publish_modes(tmp)
-    if path.exists() and not path.is_dir():
-        raise GltError(f"lens path {path} exists and is not a folder: pass a folder path")
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-        os.replace(path, old / "lens")
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            os.replace(old / "lens", path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def _default_path() -> Path:
@@ -279,7 +252,7 @@ def load_lens(
         >>> # lens = glt.load_lens("default", model)
         >>> # r = glt.readout(stack, lens)
     """
-    where = _default_path() if str(path_or_name) == "default" else Path(path_or_name).expanduser()
+    where = _default_path() if str(path_or_name) == "default" else recover_dir(Path(path_or_name).expanduser())
     if str(path_or_name) == "default" and not (where / "config.json").is_file():
         raise GltError(
             f"the shipped default lens is missing from this installation ({where}): reinstall glt"
@@ -391,7 +364,7 @@ def export_tuned_lens(lens: Any, path: str | os.PathLike) -> Path:
             "lens_type": "linear_tuned_lens",
         }
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -6,13 +6,11 @@ so that padding is exercised). Each run must either return a result whose number
 wherever a number is defined (and that round-trips through its JSON file) or raise `GltError`:
 no other exception may escape. The read-out's own property tests live in ``test_readout.py``.
 
-Under pytest, jaxtyping checks glt's annotated signatures first, so an argument of the wrong
-type surfaces as its ``TypeCheckError`` (accepted by the junk tests). To see what users get
-without that layer, run the junk tests with the plugin options cleared:
+The public functions check their annotated arguments themselves (``glt._check``), so an argument
+of the wrong type raises `GltError` for users; under pytest, jaxtyping's import hook may check an
+internal signature first and raise its ``TypeCheckError`` (also accepted). To see exactly what
+users get, run the junk tests with the plugin options cleared:
 ``python -m pytest tests/test_reliability.py -k junk -o addopts=""``.
-
-Bugs found here that are not fixed yet are pinned by strict-xfail repro tests at the end of the
-file (``test_bug_*``); a fix turns them into XPASS failures: then delete the mark.
 """
 
 import json
@@ -34,16 +32,26 @@ from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
 import glt
-from glt._early_exit import EarlyExitResult, early_exit
-from glt._facts import FactRecallResult, run_fact_recall
+from glt import (  # the public (argument-checked) functions, as users call them
+    aggregate_onsets,
+    compute_onsets,
+    early_exit,
+    patch_layers,
+    run_fact_recall,
+    run_guess_then_refine,
+    run_multiple_choice,
+    run_pos_study,
+)
+from glt._early_exit import EarlyExitResult
+from glt._facts import FactRecallResult
 from glt._frequency import TokenFrequency
-from glt._guess_refine import GuessRefineResult, run_guess_then_refine
+from glt._guess_refine import GuessRefineResult
 from glt._io import atomic_write_bytes, read_json, write_json
 from glt._mc_data import MCPrompt
-from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
-from glt._onsets import K_GRID, OnsetCurve, aggregate_onsets, compute_onsets
-from glt._patching import PatchingResult, patch_layers
-from glt._pos import PosResult, run_pos_study
+from glt._multiple_choice import MultipleChoiceResult
+from glt._onsets import K_GRID, OnsetCurve
+from glt._patching import PatchingResult
+from glt._pos import PosResult
 
 VOCAB, N_CTX, N_LAYERS = 101, 67, 3
 FAST = settings(max_examples=20, deadline=None, derandomize=True,
@@ -734,9 +742,8 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
     assert json.loads((ck / "latest" / "state.json").read_text())["step"] == _TRAIN_STEPS
 
 
-# ------------------------------------------------------------------------------ known bugs
-# Minimal repros of bugs found by the tests above; strict xfails, so a fix makes them fail with
-# "XPASS(strict)": then remove the mark here and the matching non-strict mark above.
+# ------------------------------------------------------------------------------ regressions
+# Minimal repros of bugs the tests above once found (kept as regression tests).
 @pytest.mark.parametrize("ks", [(1, None), ("a",)])
 def test_bug_onsets_ks_not_validated(ks):
     with pytest.raises(glt.GltError):
@@ -748,10 +755,6 @@ def test_bug_onsets_of_zero_layers():
         compute_onsets(torch.zeros(0, 3, dtype=torch.long), (1,))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG glt/_tuned_lens.py _replace_dir (used by "
-                   "_train_state.save_checkpoint): the old 'latest' is renamed away before the new "
-                   "one is renamed in; a kill between the two renames leaves no checkpoint, and "
-                   "the next run silently restarts training from step 0")
 def test_bug_kill_between_checkpoint_renames_keeps_a_checkpoint(tiny_root, tmp_path, monkeypatch):
     from glt._train_state import load_checkpoint, save_checkpoint
     from glt._tuned_lens import TunedLens
@@ -774,3 +777,30 @@ def test_bug_kill_between_checkpoint_renames_keeps_a_checkpoint(tiny_root, tmp_p
     monkeypatch.undo()
     state = load_checkpoint(ck, "fp", TunedLens.from_model(model), opt)
     assert state is not None and state["step"] in (1, 2)
+
+
+def test_crash_between_checkpoint_renames_is_recovered(tiny_root, tmp_path):
+    """A SIGKILL after the old 'latest' was set aside and before the new one landed: the next
+    load finds the old checkpoint (moved back by recover_dir), never restarts from step 0."""
+    from glt._train_state import load_checkpoint, save_checkpoint
+    from glt._tuned_lens import TunedLens
+
+    model = glt.load_model(str(make_tiny_folder("llama", tiny_root)))
+    lens = TunedLens.from_model(model)
+    opt = torch.optim.SGD(lens.translators(), lr=0.1)
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, "fp", lens, opt, 1, [{"step": 1}])
+    (ck / ".latest.old.crash").mkdir()
+    os.replace(ck / "latest", ck / ".latest.old.crash" / "latest")  # the state a kill leaves
+    state = load_checkpoint(ck, "fp", TunedLens.from_model(model), opt)
+    assert state is not None and state["step"] == 1
+    assert (ck / "latest").is_dir() and not (ck / ".latest.old.crash").exists()
+
+
+def test_crash_between_lens_renames_is_recovered(tiny_root, tmp_path):
+    model = glt.load_model(str(make_tiny_folder("llama", tiny_root)))
+    lens = glt.TunedLens.from_model(model)
+    lens.save(tmp_path / "lens")
+    (tmp_path / ".lens.old.crash").mkdir()
+    os.replace(tmp_path / "lens", tmp_path / ".lens.old.crash" / "lens")
+    assert glt.load_lens(tmp_path / "lens", model).n_layers == lens.n_layers

@@ -218,21 +218,6 @@ def _expect_named_error(load, where, damaged: Path):
 
 ARTEFACTS = RESULTS + ["frequency", "lens"]
 
-# Loaders that still let a non-GltError escape from a damaged file (see the regression tests at
-# the end of this file, which fail loudly once these are fixed so the marks can go).
-_LOADER_BUGS = {
-    "mc": "MultipleChoiceResult.from_dict has no try/except: KeyError / TypeError escape",
-    "lens_eval": "LensEvaluation.load has no try/except: KeyError / TypeError escape",
-    "early_exit": "EarlyExitResult.load computes len(data['groups']) outside its try: TypeError",
-    "pos": "PosResult.load: a curve that is not a dict raises AttributeError (not caught)",
-}
-
-
-def _kinds(kinds, buggy):
-    return [pytest.param(k, marks=pytest.mark.xfail(reason=_LOADER_BUGS[k], strict=False)) if k in buggy
-            else k for k in kinds]
-
-
 @FUZZ
 @given(kind=st.sampled_from(ARTEFACTS), which=st.integers(0, 1), cut=st.floats(0.0, 0.999))
 def test_truncated_files_raise_glt_error_naming_the_file(saved, tmp_path_factory, kind, which, cut):
@@ -246,7 +231,7 @@ def test_truncated_files_raise_glt_error_naming_the_file(saved, tmp_path_factory
     _expect_named_error(load, where, damaged)
 
 
-@pytest.mark.parametrize("kind", _kinds(ARTEFACTS, ("mc",)))
+@pytest.mark.parametrize("kind", ARTEFACTS)
 @settings(FUZZ, max_examples=10)
 @given(seed=st.integers(0, 2**16))
 def test_garbled_bytes_raise_glt_error_naming_the_file(saved, tmp_path_factory, kind, seed):
@@ -273,7 +258,7 @@ json_junk = st.recursive(
 )
 
 
-@pytest.mark.parametrize("kind", _kinds(RESULTS, ("mc", "lens_eval", "early_exit")))
+@pytest.mark.parametrize("kind", RESULTS)
 @settings(FUZZ, max_examples=15)
 @given(data=st.data())
 def test_mangled_result_fields_raise_only_glt_error(saved, tmp_path_factory, kind, data):
@@ -399,9 +384,9 @@ def test_pickled_model_weights_never_run(tiny_root, tmp_path):
     assert not marker.exists(), "the pickle payload in pytorch_model.bin ran"
 
 
-# ------------------------------------------------------------------------------ known bugs
-# Minimal repros of bugs found by the fuzz tests above; strict xfails, so a fix turns them into
-# failures that say "remove this mark" (and the matching xfail marks above).
+# ------------------------------------------------------------------------------ regressions
+# Minimal repros of bugs the fuzz tests above once found (loaders letting KeyError / TypeError /
+# AttributeError escape from a parsed but malformed file).
 def test_pickled_model_weights_raise_glt_error(tiny_root, tmp_path):
     folder, _ = _evil_model(tiny_root, tmp_path)
     with pytest.raises(glt.GltError):
@@ -417,31 +402,25 @@ def _mangle(saved, tmp_path, kind, change):
     return load, where
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="BUG glt/_multiple_choice.py from_dict: no try/except")
-def test_bug_mc_result_missing_field(saved, tmp_path):
+def test_regression_mc_result_missing_field(saved, tmp_path):
     load, where = _mangle(saved, tmp_path, "mc", lambda d: d.pop("gold"))
     with pytest.raises(glt.GltError):
         load(where)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="BUG glt/_lens_eval.py LensEvaluation.load: no try/except")
-def test_bug_lens_evaluation_missing_field(saved, tmp_path):
+def test_regression_lens_evaluation_missing_field(saved, tmp_path):
     load, where = _mangle(saved, tmp_path, "lens_eval", lambda d: d.pop("kl"))
     with pytest.raises(glt.GltError):
         load(where)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG glt/_early_exit.py EarlyExitResult.load: "
-                   "n_groups = len(data.get('groups', ())) sits outside the try")
-def test_bug_early_exit_result_groups_not_a_list(saved, tmp_path):
+def test_regression_early_exit_result_groups_not_a_list(saved, tmp_path):
     load, where = _mangle(saved, tmp_path, "early_exit", lambda d: d.update(groups=3))
     with pytest.raises(glt.GltError):
         load(where)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG glt/_pos.py PosResult.load: _nan(c) on a "
-                   "curve that is not a dict; AttributeError is not in the caught tuple")
-def test_bug_pos_result_curve_not_a_dict(saved, tmp_path, monkeypatch):
+def test_regression_pos_result_curve_not_a_dict(saved, tmp_path, monkeypatch):
     from glt import _pos
 
     # under pytest, jaxtyping's check of _nan's `curve: dict` annotation turns the AttributeError

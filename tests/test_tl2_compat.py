@@ -31,7 +31,8 @@ REQS = [
     "pytest",
     "hypothesis",
 ]
-CORE = ["tests/test_capture.py", "tests/test_lens.py", "tests/test_readout.py", "tests/test_errors.py"]
+CORE = ["tests/test_capture.py", "tests/test_lens.py", "tests/test_readout.py", "tests/test_errors.py",
+        "tests/test_check.py"]
 
 
 def _venv() -> Path:
