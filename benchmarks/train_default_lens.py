@@ -32,7 +32,7 @@ RUN_LABELS = {
     "tuned": "least squares + SGD lr 1",
     "tuned_lr3": "least squares + SGD lr 3",
     "tuned_ls": "least squares + line search (48 validation positions, ungated)",
-    "tuned_gated": "least squares + line search (128 validation positions, SE-gated)",
+    "tuned_gated": "least squares + line search (256 validation positions, SE-gated)",
 }
 
 
@@ -119,12 +119,12 @@ def render_markdown(info: dict, ev) -> str:
         f"- Least-squares initialisation: {info['least_squares_tokens']} positions, "
         f"{info['least_squares_seconds'] / 60:.1f} min (forward passes only).",
         f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
-        f"{info['kl_seconds'] / 60:.1f} min on a shared 2-core CPU (bfloat16 logit tiles).",
+        f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU (bfloat16 logit tiles).",
         f"- Settings: {json.dumps(info['settings'])} (line search: diagonally preconditioned KL "
         "gradient, per-layer step sizes accepted on validation positions held out of the training "
         "texts only when they beat one standard error; see glt/_lens_linesearch.py).",
         "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
-        "--init ls --optimizer linesearch --val-rows 128 --max-tokens 1280 --tokens-per-step 128`, "
+        "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2`, "
         "then `... report --name tuned_gated`.",
         f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
         "",

@@ -4,8 +4,8 @@ Every public function of `glt` is wrapped (in ``glt/__init__.py``) by `checked`,
 its annotated parameters at call time with jaxtyping + beartype (types, tensor dtypes and the
 named dimensions of shape annotations, e.g. ``Int[Tensor, "layer n"]``). A mismatch raises
 `GltError` naming the function, the argument, what was expected, what arrived and the fix, rather
-than an ``AttributeError`` from deep inside. Internal calls (``glt._module.fn``) are not wrapped.
-A check failing on a *return value* is a glt bug and is raised unchanged.
+than an ``AttributeError`` from deep inside. Internal calls (e.g. ``glt._readout.readout``) are
+not wrapped. A check failing on a *return value* is a glt bug and is raised unchanged.
 
 Example:
     >>> import torch

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from glt._exact import error_bound, exact_logits_at, exact_topk, round_outward, weight_stats
-from glt._readout_triton import fused_block_stats
+from glt._readout_triton import fused_block_stats, k_chain
 
 __all__ = ["chunk_stats_fused", "operand_weight"]
 
@@ -143,8 +143,8 @@ def chunk_stats_fused(
     x_op = (flat.to(matmul_dtype) if lowp else flat.float()).contiguous()
     x64 = x_op.double()
     wmax, bmax = weight_stats(W, b, matmul_dtype if lowp else W.dtype)
-    delta = error_bound(x_op, wmax, bmax, lowp and x.is_cuda, n_terms=d_model)
     block = block or BLOCK
+    delta = error_bound(x_op, wmax, bmax, lowp and x.is_cuda, n_terms=k_chain(d_model, block[2]))
     bn = block[1]
     launch = dict(block=block, num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES)
 

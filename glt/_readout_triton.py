@@ -21,9 +21,9 @@ programs sharing a token block (one per layer) run back to back and read that bl
 Used by `glt.readout` on CUDA for bfloat16 / float16 operands when Triton is importable (CUDA
 builds of torch ship it) and the model has no logit soft-cap (see `available`); imported only
 then. Measured on an H200 (see ``docs/performance.md``): ranks and top-k equal a float64
-reference; the kernel alone runs at 31% (Gemma 3 270M shapes) and 48% (Llama 3 8B shapes) of
-cuBLAS's bf16 GEMM, and the exact re-check of band tokens on the host dominates with random
-targets.
+reference; the kernel alone ran at 31% (Gemma 3 270M shapes) and 48% (Llama 3 8B shapes) of
+cuBLAS's bf16 GEMM, and the exact re-check of band tokens on the host dominated with random
+targets (that run predates the sliced accumulation, see `k_chain`, which narrows the band).
 """
 
 import os
@@ -38,7 +38,23 @@ except ImportError:  # pragma: no cover - exercised where Triton is absent
     triton = None
     tl = None
 
-__all__ = ["available", "fused_block_stats"]
+__all__ = ["available", "fused_block_stats", "k_chain"]
+
+_SLICE = 512  # d_model slice accumulated separately (a multiple of the block's BK)
+
+
+def _slice(K: int, bk: int) -> int:
+    return max(bk, min(_SLICE, -(-K // bk) * bk) // bk * bk)
+
+
+def k_chain(K: int, bk: int) -> int:
+    """Longest chain of float32 roundings a product goes through in the kernel's accumulation.
+
+    Each slice of ``_slice(K, bk)`` terms is summed into its own accumulator, then the slices are
+    added: ``slice + n_slices`` (the ``n`` of the error bound in `glt._exact.error_bound`).
+    """
+    sl = _slice(K, bk)
+    return min(K, sl) + -(-K // sl)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -68,7 +84,7 @@ if triton is not None:
         M, R, V, K, NBLK,
         HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, HAS_P: tl.constexpr, NT: tl.constexpr,
         IEEE: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-        BK: tl.constexpr,
+        BK: tl.constexpr, SLICE: tl.constexpr,
     ):
         # program (pid_r, pid_n): rows are [layer, token]; pid_r walks token blocks slowest and
         # layers fastest, so the programs reading one block of p_final are adjacent
@@ -82,20 +98,26 @@ if triton is not None:
         col = pid_n * BN + tl.arange(0, BN)
         col_ok = col < V
         kk = tl.arange(0, BK)
+        # d_model is accumulated in slices of SLICE, each into a fresh accumulator: a product
+        # then passes through at most SLICE + K / SLICE roundings, not K (see `k_chain`)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            k_ok = (k0 + kk) < K
-            x = tl.load(X + row[:, None] * K + (k0 + kk)[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(W + col[:, None] * K + (k0 + kk)[None, :],
-                        mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            if UPCAST:  # the interpreter multiplies 16-bit floats as raw bits: widen (exact)
-                x = x.to(tl.float32)
-                w = w.to(tl.float32)
-            if IEEE or UPCAST:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
+        for s0 in range(0, K, SLICE):
+            part = tl.zeros((BM, BN), dtype=tl.float32)
+            for k1 in range(0, SLICE, BK):
+                k0 = s0 + k1
+                k_ok = (k0 + kk) < K
+                x = tl.load(X + row[:, None] * K + (k0 + kk)[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                w = tl.load(W + col[:, None] * K + (k0 + kk)[None, :],
+                            mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+                if UPCAST:  # the interpreter multiplies 16-bit floats as raw bits: widen (exact)
+                    x = x.to(tl.float32)
+                    w = w.to(tl.float32)
+                if IEEE or UPCAST:
+                    part = tl.dot(x, tl.trans(w), part, input_precision="ieee")
+                else:
+                    part = tl.dot(x, tl.trans(w), part)
+            acc += part
         if HAS_BIAS:
             acc += tl.load(B + col, mask=col_ok, other=0.0)[None, :]
         z = tl.where(col_ok[None, :], acc, -float("inf"))
@@ -178,7 +200,7 @@ def fused_block_stats(
         M, n_rows, V, K, n_blk,
         HAS_BIAS=b is not None, STORE_Z=store_z is not None, HAS_P=p_final is not None, NT=nt,
         IEEE=x_op.dtype == torch.float32, UPCAST=_INTERPRET and x_op.dtype != torch.float32,
-        BM=BM, BN=BN, BK=BK,
+        BM=BM, BN=BN, BK=BK, SLICE=_slice(K, BK),
         num_warps=num_warps, num_stages=num_stages,
     )
     if p_final is None:

@@ -128,3 +128,14 @@ def test_automatic_mode_uses_the_kernel_only_on_cuda_with_16_bit_operands(monkey
     assert not available(x, None, torch.bfloat16)  # CPU tensors: eager
     monkeypatch.setenv("GLT_FUSED", "0")
     assert not available(x, None, torch.bfloat16)
+
+
+def test_d_model_accumulated_in_several_slices_stays_exact(monkeypatch):
+    import glt._readout_triton as kernel
+
+    monkeypatch.setattr(kernel, "_SLICE", 32)  # 96 = three slices of 32 (two BK=16 steps each)
+    assert kernel.k_chain(96, 16) == 32 + 3
+    stack, lens = synthetic(d_model=96, d_vocab=150, n_layers=2, batch=2, pos=4, bias=True)
+    for operand in (None, torch.bfloat16):
+        r = glt.readout(stack, lens, top_k=5, matmul_dtype=operand)
+        assert_matches(r, naive(stack, lens, top_k=5, operand=operand), atol=1e-4)
