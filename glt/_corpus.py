@@ -67,8 +67,8 @@ def wikipedia_paragraphs(
         max_paragraphs: keep at most this many (the first ones, deterministic).
 
     Example:
-        >>> paras = wikipedia_paragraphs("heldout", max_paragraphs=3)  # doctest: +SKIP
-        >>> len(paras)  # doctest: +SKIP
+        >>> paras = wikipedia_paragraphs("heldout", max_paragraphs=3)
+        >>> len(paras)
         3
     """
     if split not in ("train", "heldout", "all"):

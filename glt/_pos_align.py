@@ -138,9 +138,9 @@ def pos_sentences(
     whitespace-separated words are yielded.
 
     Example:
-        >>> first = next(pos_sentences())  # doctest: +SKIP
-        >>> first[:30]  # doctest: +SKIP
-        'Autism is a neurodevelopmenta'
+        >>> first = next(pos_sentences())
+        >>> first[:30]
+        'Autism is a neurodevelopmental'
     """
     from glt._corpus import wikipedia_paragraphs
 

@@ -235,7 +235,8 @@ class _Meter:
         import importlib
 
         swaps: dict[int, tuple[Any, Any]] = {}  # id(original) -> (original, wrapper)
-        for mod_name, attr in self._FORWARD + (("glt._readout", "readout"),):
+        # the public glt.readout is an argument-checking wrapper (glt._check) of the same function
+        for mod_name, attr in self._FORWARD + (("glt._readout", "readout"), ("glt", "readout")):
             try:
                 orig = getattr(importlib.import_module(mod_name), attr)
             except (ImportError, AttributeError):

@@ -216,7 +216,7 @@ def test_bad_readouts_and_files(hand, tmp_path):
     with pytest.raises(glt.GltError, match="not a saved EarlyExitResult"):
         EarlyExitResult.load(bad)
     bad.write_text('{"format": "glt.EarlyExitResult"}')
-    with pytest.raises(glt.GltError, match="not a valid"):
+    with pytest.raises(glt.GltError, match="malformed"):
         EarlyExitResult.load(bad)
     with pytest.raises(glt.GltError, match="does not exist"):
         EarlyExitResult.load(tmp_path / "missing.json")

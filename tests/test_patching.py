@@ -187,7 +187,7 @@ def test_bad_lens_model_and_files(tiny_llama, tmp_path):
         _run(tiny_llama).to_dataframe("nope")
     bad = tmp_path / "x.json"
     bad.write_text('{"format": "glt.PatchingResult"}')
-    with pytest.raises(glt.GltError, match="not a valid"):
+    with pytest.raises(glt.GltError, match="malformed"):
         PatchingResult.load(bad)
 
 
