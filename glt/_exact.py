@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "error_bound", "exact_logits", "exact_logits_at", "exact_topk", "round_outward", "weight_stats",
+    "error_bound", "exact_logits", "exact_logits_at", "exact_topk", "round_outward", "target_band",
+    "weight_stats",
 ]
 
 _W_STATS: "dict[tuple, tuple[float, float]]" = {}
@@ -117,6 +118,26 @@ def round_outward(t: Tensor, up: bool) -> Tensor:
     inf = torch.full_like(f, torch.inf if up else -torch.inf)
     off = (f.double() < t) if up else (f.double() > t)
     return torch.where(off, torch.nextafter(f, inf), f)
+
+
+def target_band(
+    x64: Tensor, targets: Tensor, w_rows: Callable[[Tensor], Tensor], b: Tensor | None,
+    delta: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact target logits and the float32 band edges around them, ``[layer * row, target]`` each.
+
+    ``x64`` holds ``[layer * row, d_model]`` exact operand rows (layer-major), ``targets``
+    ``[row, target]`` the ids read at every layer, ``delta`` ``[layer * row]`` the `error_bound`.
+    Returns ``(t64, hi, lo)``: ``hi`` / ``lo`` are ``t64 +- delta`` rounded outward to float32,
+    so a float32 tile logit above ``hi`` (below ``lo``) is surely above (below) the target.
+    """
+    n_rows, n_t = targets.shape
+    n_all = x64.shape[0]
+    r_all = torch.arange(n_all, device=x64.device).repeat_interleave(n_t)
+    ids = targets[r_all % n_rows, torch.arange(n_t, device=x64.device).repeat(n_all)]
+    t64 = exact_logits_at(x64, r_all, w_rows, ids, b).view(-1, n_t)
+    dl = delta[:, None]
+    return t64, round_outward(t64 + dl, True), round_outward(t64 - dl, False)
 
 
 def exact_topk(

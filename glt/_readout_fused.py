@@ -20,13 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glt._exact import error_bound, exact_logits_at, exact_topk, round_outward, weight_stats
+from glt._exact import error_bound, exact_logits_at, exact_topk, target_band, weight_stats
+from glt._readout_kernel import _EXTRA_CANDIDATES, _LOWP, assemble_stats
 from glt._readout_triton import fused_block_stats, k_chain
 
 __all__ = ["chunk_stats_fused", "operand_weight"]
 
-_LOWP = (torch.bfloat16, torch.float16)
-_EXTRA = 4  # float32 candidates kept beyond k before the exact re-ranking
 _W_CACHE: dict[tuple, Tensor] = {}
 BLOCK = (64, 128, 64)  # rows, tokens, d_model slice per program
 NUM_WARPS, NUM_STAGES = 4, 3
@@ -78,7 +77,7 @@ def _topk(o: dict[str, Tensor], k: int, delta: Tensor, x_op: Tensor, W_op: Tenso
     cv = torch.cat([o["m1"].T, m2], -1)
     i2 = torch.where(torch.isfinite(o["m2"]), o["i2"], -1)  # a block with a single token
     ci = torch.cat([o["i1"].T, i2.T], -1).long()
-    n_keep = min(k + _EXTRA, cv.shape[1])
+    n_keep = min(k + _EXTRA_CANDIDATES, cv.shape[1])
     tv, sel = cv.topk(min(n_keep + 1, cv.shape[1]), -1)
     ti = ci.gather(-1, sel)
     dropped = tv[:, n_keep] if tv.shape[1] > n_keep else torch.full_like(tv[:, 0], -torch.inf)
@@ -160,31 +159,13 @@ def chunk_stats_fused(
     if targets is None:
         _, targets = _topk(pre, 1, delta[-rows:], x_op[-rows:], W_op, b, x64[-rows:], w_rows, bn)
     del pre
-    n_t = targets.shape[1]
-    r_all = torch.arange(n_layer * rows, device=x.device).repeat_interleave(n_t)
-    ids = targets[r_all % rows, torch.arange(n_t, device=x.device).repeat(n_layer * rows)]
-    t64 = exact_logits_at(x64, r_all, w_rows, ids, b).view(-1, n_t)
-    dl = delta[:, None]
-    hi, lo = round_outward(t64 + dl, True), round_outward(t64 - dl, False)
+    t64, hi, lo = target_band(x64, targets, w_rows, b, delta)
     # 2. every layer
     o = fused_block_stats(x_op, W_op, b, rows, hi=hi, lo=lo, p_final=p_final, **launch)
     del p_final
     c, s, e = _fold(o)
     above = _ranks(o, t64, x64, w_rows, b, bn, V)
     top_v, top_i = _topk(o, k, delta, x_op, W_op, b, x64, w_rows, bn)
-    lse = c + torch.log(s)
-    ent = torch.log(s) - e / s
     # sum_v p_final(v) (z_layer(v) - c_layer) from the per-block pieces (block max m1)
     cross = (o["kd"].double() + (o["m1"].double() - c) * o["ps"].double()).sum(0)
-    kl = (-ent[-rows:].repeat(n_layer) - cross + torch.log(s)).clamp_min(0.0)
-    kl[-rows:] = 0.0
-    shape = (n_layer, rows)
-    return {
-        "targets": targets,
-        "ranks": above.view(*shape, n_t),
-        "target_logprobs": (t64 - lse[:, None]).float().view(*shape, n_t),
-        "topk_ids": top_i.view(*shape, k),
-        "topk_logprobs": (top_v - lse[:, None]).float().view(*shape, k),
-        "entropy": ent.float().view(shape),
-        "kl_to_final": kl.float().view(shape),
-    }
+    return assemble_stats(targets, above, t64, top_v, top_i, c, s, e, cross, n_layer, None)

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from glt._errors import GltError
-from glt._exact import error_bound, exact_logits_at, exact_topk, round_outward, weight_stats
+from glt._exact import error_bound, exact_logits_at, exact_topk, target_band, weight_stats
 
-__all__ = ["chunk_stats", "resolve_matmul_dtype"]
+__all__ = ["assemble_stats", "chunk_stats", "resolve_matmul_dtype"]
 
 _LOG2E = 1.0 / math.log(2.0)
 _EXTRA_CANDIDATES = 4  # float32 top-k candidates kept beyond k, for the exact re-ranking
@@ -378,15 +378,11 @@ def chunk_stats(
                              pre.w_rows, b, d_vocab)
         targets = top1
     n_t = targets.shape[1]
-    r_all = torch.arange(n_layer * rows, device=x.device).repeat_interleave(n_t)
-    ids = targets[r_all % rows, torch.arange(n_t, device=x.device).repeat(n_layer * rows)]
-    t64 = exact_logits_at(x64, r_all, lambda v: W[v].to(matmul_dtype) if lowp else W[v], ids, b)
-    t64 = t64.view(-1, n_t)
-    dl = delta[:, None]
+    t64, hi, lo = target_band(x64, targets, lambda v: W[v].to(matmul_dtype) if lowp else W[v], b,
+                              delta)
     plan = _Plan(**common, n_layer=n_layer, x_mm=x_mm,
                  n_gemm=n_layer * rows if store is None else (n_layer - 1) * rows,
-                 x64=x64, delta=delta, t64=t64, hi=round_outward(t64 + dl, True),
-                 lo=round_outward(t64 - dl, False), final_store=store, stats=True,
+                 x64=x64, delta=delta, t64=t64, hi=hi, lo=lo, final_store=store, stats=True,
                  tile_sums=torch.empty(n_tiles, 4, n_layer * rows, device=x.device),
                  tile_count=torch.empty(n_tiles, n_t, n_layer * rows, device=x.device))
     st = _run(plan, workers)
@@ -397,9 +393,25 @@ def chunk_stats(
         BAND_MEMBERS[1] += n_layer * rows * n_t
     top_v, top_i = exact_topk(st.cand_v, st.cand_i, st.floor, delta, k, x64, plan.w_rows, b,
                               d_vocab)
+    cross = xs / s[-rows:].repeat(n_layer)  # sum_v p_final(v) (z_layer(v) - c_layer)
+    return assemble_stats(targets, above, t64, top_v, top_i, c, s, e, cross, n_layer, cap)
+
+
+def assemble_stats(
+    targets: Tensor, above: Tensor, t64: Tensor, top_v: Tensor, top_i: Tensor, c: Tensor,
+    s: Tensor, e: Tensor, cross: Tensor, n_layer: int, cap: float | None,
+) -> dict[str, Tensor]:
+    """`chunk_stats`'s result from the folded float64 pieces of one chunk (any kernel).
+
+    Per ``[layer * row]``: ``c`` the max logit, ``s = sum exp(z - c)``, ``e = sum exp(z - c)
+    (z - c)`` and ``cross = sum_v p_final(v) (z(v) - c)``; ``above`` ``[layer * row, target]``
+    exact counts, ``t64`` the exact target logits and ``top_v`` / ``top_i`` the exact top-k
+    (all pre-cap; the soft-cap ``cap`` is applied to the log-probabilities here).
+    """
+    rows, n_t = targets.shape
+    k = top_i.shape[-1]
     lse = c + torch.log(s)
     ent = torch.log(s) - e / s
-    cross = xs / s[-rows:].repeat(n_layer)  # sum_v p_final(v) (z_layer(v) - c_layer)
     kl = (-ent[-rows:].repeat(n_layer) - cross + torch.log(s)).clamp_min(0.0)
     kl[-rows:] = 0.0
 
