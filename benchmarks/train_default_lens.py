@@ -23,7 +23,8 @@ from glt._corpus import WIKI_SOURCE, wikipedia_paragraphs
 from glt._io import write_json
 from glt._lens_data import plan_sequences, read_rows
 from glt._lens_loss import tiled_kl_ce
-from glt._train import fit_least_squares, train_tuned_lens
+from glt._lens_lstsq import fit_least_squares
+from glt._train import train_tuned_lens
 from glt._tuned_lens import TunedLens, load_lens
 
 PROBE_ROWS = 48
@@ -33,6 +34,7 @@ RUN_LABELS = {
     "tuned_lr3": "least squares + SGD lr 3",
     "tuned_ls": "least squares + line search (48 validation positions, ungated)",
     "tuned_gated": "least squares + line search (256 validation positions, SE-gated)",
+    "tuned_deep": "... then layers 11-17 refined (512 float32 validation positions, 256 per step)",
 }
 
 
@@ -74,20 +76,37 @@ def report(model, args, t0: float) -> int:
     curves = {}
     for f in sorted(args.work.glob("*.curve.json")):
         curves[f.name.removesuffix(".curve.json")] = json.loads(f.read_text())
-    tr = tuned.config["training"]
     ls_time = json.loads((args.work / "ls" / "timing.json").read_text())["seconds"]
     tuned.config["heldout"] = summarize(ev)
     tuned.config["training"].pop("history", None)
+    # KL stages in order: the ones named by --previous, then --name (each continued the one before)
+    names = [n for n in (args.previous or "").split(",") if n] + [args.name]
+    stages = [_stage(n, json.loads((args.work / n / "config.json").read_text())["training"]) for n in names[:-1]]
+    stages.append(_stage(args.name, tuned.config["training"]))
+    offsets, done = {}, 0
+    for st in stages:
+        offsets[st["name"]] = done
+        done += st["tokens"]
+    tuned.config["training"]["stages"] = stages
     info = {"model": "default (Gemma 3 270M, GGUF Q4_K_M de-quantised to float32)",
             "data": WIKI_SOURCE + " train split (articles 0, 2, 4, ...)",
             "least_squares_tokens": ls.config["least_squares"]["tokens"], "least_squares_seconds": ls_time,
-            "kl_tokens": tr["tokens_trained"], "kl_steps": tr["steps"], "kl_seconds": tr["seconds"],
-            "settings": _settings(tr),
+            "kl_tokens": done, "kl_steps": sum(st["steps"] for st in stages),
+            "kl_seconds": sum(st["seconds"] for st in stages), "stages": stages, "curve_offsets": offsets,
             "heldout": summarize(ev), "curves": curves, "evaluation_seconds": time.time() - t0}
     md = render_markdown(info, ev)
     tuned.save(args.out, extra_files={"report.json": info, "report.md": md, "eval.json": ev.to_json()})
     print(md)
     return 0
+
+
+def _span(layers: list[int] | None) -> str:
+    return "all" if not layers else f"{layers[0]}-{layers[-1]}"
+
+
+def _stage(name: str, tr: dict) -> dict:
+    return {"name": name, "tokens": tr["tokens_trained"], "steps": tr["steps"], "seconds": tr["seconds"],
+            "layers": tr.get("layers"), "settings": _settings(tr)}
 
 
 def _settings(tr: dict) -> dict:
@@ -102,8 +121,6 @@ def render(args) -> int:
     from glt._lens_eval import LensEvaluation
 
     info = json.loads((args.out / "report.json").read_text())
-    cfg = json.loads((args.out / "config.json").read_text())
-    info["settings"] = _settings(cfg["training"])
     write_json(args.out / "report.json", info)
     atomic_write_text(args.out / "report.md", render_markdown(info, LensEvaluation.load(args.out / "eval.json")))
     return 0
@@ -119,13 +136,18 @@ def render_markdown(info: dict, ev) -> str:
         f"- Least-squares initialisation: {info['least_squares_tokens']} positions, "
         f"{info['least_squares_seconds'] / 60:.1f} min (forward passes only).",
         f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
-        f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU (bfloat16 logit tiles).",
-        f"- Settings: {json.dumps(info['settings'])} (line search: diagonally preconditioned KL "
-        "gradient, per-layer step sizes accepted on validation positions held out of the training "
-        "texts only when they beat one standard error; see glt/_lens_linesearch.py).",
+        f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU (bfloat16 logit tiles), in "
+        f"{len(info['stages'])} stage(s), each continuing the one before:",
+        *[f"  - `{st['name']}`: layers {_span(st['layers'])}, {st['tokens']} positions in {st['steps']} steps, "
+          f"{st['seconds'] / 60:.1f} min; {json.dumps(st['settings'])}" for st in info["stages"]],
+        "- Line search: diagonally preconditioned KL gradient, per-layer step sizes accepted on "
+        "validation positions held out of the training texts only when they beat one standard error "
+        "(see glt/_lens_linesearch.py).",
         "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
         "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2`, "
-        "then `... report --name tuned_gated`.",
+        "then `... kl --name tuned_deep --init tuned_gated --layers 11-17 --optimizer linesearch --val-rows 512 "
+        "--max-tokens 7680 --tokens-per-step 256 --seq-len 64 --seed 1 --threads 2`, then `... report --name tuned_deep "
+        "--previous tuned_gated --eval-rows 1024`.",
         f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
         "",
         "## Held-out KL(final || lens) per layer, nats (mean; median in brackets)",
@@ -144,15 +166,24 @@ def render_markdown(info: dict, ev) -> str:
               f"bfloat16 KL(final || lens) on a fixed {PROBE_ROWS}-position probe from held-out paragraphs "
               "0-23 (disjoint from the evaluation above), after the given number of KL-training "
               "positions; least-squares runs start from the same 16,384-position fit (its forward "
-              "passes are not counted as KL tokens).", "",
+              "passes are not counted as KL tokens); a stage that continues another counts the "
+              "positions of the stages before it.", "",
               "| run | KL tokens | mean KL, layers 0-17 | layer 0 | layer 9 | layer 14 | layer 17 |",
               "|---|---|---|---|---|---|---|"]
     for name, curve in info["curves"].items():
         for c in curve:
             k = c["kl_layer"]
-            lines.append(f"| {RUN_LABELS.get(name, name)} | {c['tokens']} | {sum(k) / len(k):.4f} | "
+            tokens = c["tokens"] + info.get("curve_offsets", {}).get(name, 0)
+            lines.append(f"| {RUN_LABELS.get(name, name)} | {tokens} | {sum(k) / len(k):.4f} | "
                          f"{k[0]:.3f} | {k[9]:.3f} | {k[14]:.3f} | {k[17]:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _layers(spec: str | None) -> list[int] | None:
+    if spec is None:
+        return None
+    lo, _, hi = spec.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("phase", choices=["ls", "kl", "report", "render"])
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/default_lens"))
     ap.add_argument("--name", default="tuned")
-    ap.add_argument("--init", default="ls", choices=["ls", "zero"])
+    ap.add_argument("--init", default="ls", help="ls, zero, or the name of a lens in --work to continue from")
+    ap.add_argument("--layers", default=None, help="translators to train, e.g. 11-17 (default: all)")
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--optimizer", default="sgd")
     ap.add_argument("--ls-tokens", type=int, default=16384)
@@ -168,10 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens-per-step", type=int, default=128)
     ap.add_argument("--curve-every", type=int, default=4, help="probe every N steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seq-len", type=int, default=256, help="kl: training sequence length")
     ap.add_argument("--val-rows", type=int, default=48, help="line-search validation positions")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-rows", type=int, default=256)
     ap.add_argument("--eval-paras", type=int, default=64)
+    ap.add_argument("--previous", default=None, help="report: the KL stages before --name, comma-separated")
     ap.add_argument("--out", type=Path, default=Path("glt/assets/lenses/default"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -192,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "kl":
         h = probe(model, args.work)
         W16 = glt.LogitLens.from_model(model).unembed.W.bfloat16()
-        init = load_lens(args.work / "ls", model) if args.init == "ls" else "zero"
+        init = "zero" if args.init == "zero" else load_lens(args.work / args.init, model)
         curve_file = args.work / f"{args.name}.curve.json"
         curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
         if not curve:
@@ -212,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         lens = train_tuned_lens(
             model, train, init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
             lr=args.lr, optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed,
-            val_rows=args.val_rows,
+            val_rows=args.val_rows, layers=_layers(args.layers), seq_len=args.seq_len,
             checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
             data_name=WIKI_SOURCE + " train split",
         )

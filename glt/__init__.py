@@ -16,11 +16,13 @@ from glt._distributed import sharded_readout
 from glt._early_exit import EarlyExitResult, early_exit
 from glt._errors import GltError
 from glt._fact_data import Fact, load_facts, read_counterfact, read_mquake
-from glt._facts import FactRecallResult, run_fact_recall
+from glt._fact_result import FactRecallResult
+from glt._facts import run_fact_recall
 from glt._frequency import TokenFrequency, load_frequency
 from glt._guess_refine import GuessRefineResult, run_guess_then_refine
 from glt._lens import LogitLens, Unembed
 from glt._lens_eval import LensEvaluation, evaluate_lens
+from glt._lens_lstsq import fit_least_squares
 from glt._mc_data import MCExample, MCPrompt, format_mc_prompt, load_mc_dataset
 from glt._models import cache_dir, load_model
 from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
@@ -34,7 +36,8 @@ from glt._onsets import (
     stable_onset,
     topk_churn,
 )
-from glt._patching import PatchingResult, patch_layers
+from glt._patching import patch_layers
+from glt._patching_result import PatchingResult
 from glt._plots import plot_onset_curves, plot_rank_curves, plot_side_by_side, plot_token_heatmap
 from glt._plots_gtr import (
     plot_bucket_share,
@@ -56,7 +59,7 @@ from glt._plots_studies import (
 from glt._pos import PosResult, run_pos_study
 from glt._readout import Readout, readout
 from glt._study import run_study
-from glt._train import fit_least_squares, train_tuned_lens
+from glt._train import train_tuned_lens
 from glt._tuned_lens import TunedLens, export_tuned_lens, import_tuned_lens, load_lens
 
 __version__ = "0.1.0"

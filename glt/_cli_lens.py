@@ -81,7 +81,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tuned lens (KL to the final layer)")
     data_args(t)
     t.add_argument("--out", required=True, help="lens folder to write")
-    t.add_argument("--init", default="least_squares", choices=["least_squares", "zero"])
+    t.add_argument("--init", default="least_squares",
+                   help="least_squares, zero, or a lens ('default' or a folder) to continue training")
+    t.add_argument("--layers", help="train only these translators, e.g. 11-17 or 0,3,5 (default: all)")
     t.add_argument("--max-tokens", type=int, default=65_536)
     t.add_argument("--tokens-per-step", type=int, default=1024)
     t.add_argument("--least-squares-tokens", type=int, default=16_384)
@@ -120,6 +122,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def parse_layers(spec: str | None) -> list[int] | None:
+    """``"11-17"`` or ``"0,3,5"`` (ranges allowed inside the list) as sorted layer indices."""
+    if spec is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise GltError(f"--layers must look like 11-17 or 0,3,5, got {spec!r}") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``glt lens ...`` command; returns the exit status."""
     from glt._lens import LogitLens
@@ -137,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
         held = None
         if args.heldout_texts or args.heldout_corpus:
             held = read_texts(args.heldout_texts, args.heldout_corpus)
+        init = args.init if args.init in ("least_squares", "zero") else load_lens(args.init, model)
         lens = train_tuned_lens(
-            model, texts, init=args.init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
+            model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
             least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
             val_rows=args.val_rows,
             weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,

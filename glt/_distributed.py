@@ -38,6 +38,13 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over all ranks in place (a no-op in one process); returns ``t``."""
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
 def shard_range(
     n_items: int, *, batch_size: int = 1, rank: int | None = None, world_size: int | None = None
 ) -> range:

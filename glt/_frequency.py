@@ -31,6 +31,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from glt._errors import GltError
+from glt._frequency_count import count_tokens, special_and_whitespace, tokenizer_info
 from glt._io import atomic_write_bytes, malformed, read_json, write_json
 
 __all__ = ["DEFAULT_EDGES", "TokenFrequency", "bucket_labels", "load_frequency"]
@@ -85,41 +86,6 @@ def _check_counts(counts: Any) -> Tensor:
     if int(counts.sum()) == 0:
         raise GltError("counts are all zero (empty corpus): count a corpus with at least one token")
     return counts.long().cpu()
-
-
-def _is_model(obj: Any) -> bool:
-    return hasattr(obj, "cfg") and hasattr(obj, "tokenizer")
-
-
-def _tokenizer_info(tokenizer: Any) -> tuple[Any, int, str]:
-    """(HF tokenizer, vocabulary size, name) for an HF tokenizer or a glt/TransformerLens model."""
-    if _is_model(tokenizer):
-        from glt._capture import model_tokenizer
-        from glt._models import model_name
-
-        tok = model_tokenizer(tokenizer)
-        if tok is None:
-            raise GltError("tokenizer: the model has no tokenizer: pass its Hugging Face tokenizer")
-        return tok, max(int(tokenizer.cfg.d_vocab), len(tok)), model_name(tokenizer)
-    if not callable(tokenizer) or not hasattr(tokenizer, "batch_decode"):
-        raise GltError(
-            f"tokenizer must be a Hugging Face tokenizer or a glt model, got "
-            f"{type(tokenizer).__name__}: pass e.g. glt.load_model('default')"
-        )
-    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-    return tokenizer, len(tokenizer), Path(name).name or name
-
-
-def _special_and_whitespace(tok: Any, d_vocab: int) -> tuple[list[int], list[int]]:
-    """Special token ids (BOS/EOS/pad/unk and added tokens marked special) and whitespace-only ids."""
-    special = {int(i) for i in getattr(tok, "all_special_ids", []) or []}
-    for i, added in (getattr(tok, "added_tokens_decoder", {}) or {}).items():
-        if getattr(added, "special", False):
-            special.add(int(i))
-    n = min(d_vocab, len(tok))
-    text = tok.batch_decode([[i] for i in range(n)])
-    white = [i for i, s in enumerate(text) if s and not s.strip() and i not in special]
-    return sorted(i for i in special if i < d_vocab), white
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,46 +185,15 @@ class TokenFrequency:
         Example:
             >>> # freq = TokenFrequency.from_texts(glt.wikipedia_paragraphs(), model)
         """
-        from tqdm.auto import tqdm
-
-        tok, d_vocab, name = _tokenizer_info(tokenizer)
+        tok, d_vocab, name = tokenizer_info(tokenizer)
         edges = _check_edges(edges)
         if isinstance(texts, str):
             raise GltError("texts must be an iterable of strings, got one string: wrap it in a list")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise GltError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        counts = torch.zeros(d_vocab, dtype=torch.long)
-        n_texts = n_empty = 0
-        chunk: list[str] = []
-
-        def flush() -> None:
-            nonlocal n_empty
-            enc = tok(chunk, add_special_tokens=add_special_tokens)["input_ids"]
-            ids = torch.as_tensor([i for seq in enc for i in seq], dtype=torch.long)
-            n_empty += sum(1 for seq in enc if len(seq) == 0)
-            if ids.numel() and int(ids.max()) >= d_vocab:
-                raise GltError(
-                    f"tokenizer produced id {int(ids.max())} >= vocabulary size {d_vocab}: pass the "
-                    "model (not a different tokenizer) so the vocabulary sizes agree"
-                )
-            counts.add_(torch.bincount(ids, minlength=d_vocab))
-            chunk.clear()
-
-        total = len(texts) if hasattr(texts, "__len__") else None
-        for i, text in enumerate(tqdm(texts, total=total, disable=not progress, desc="counting")):
-            if not isinstance(text, str):
-                raise GltError(f"texts[{i}] must be a string, got {type(text).__name__}: {text!r:.60}")
-            chunk.append(text)
-            n_texts += 1
-            if len(chunk) >= chunk_size:
-                flush()
-        if chunk:
-            flush()
-        if n_texts == 0:
-            raise GltError("texts is empty: pass at least one text to count")
-        if int(counts.sum()) == 0:
-            raise GltError(f"the {n_texts} texts gave no tokens: pass non-empty texts")
-        special, white = _special_and_whitespace(tok, d_vocab)
+        counts, n_texts, n_empty = count_tokens(texts, tok, d_vocab, add_special_tokens=add_special_tokens,
+                                                chunk_size=chunk_size, progress=progress)
+        special, white = special_and_whitespace(tok, d_vocab)
         return cls(
             counts,
             edges=edges,

@@ -65,22 +65,36 @@ def plan_steps(seqs: list[list[int]], bos: int, tokens_per_step: int, seed: int,
     return out
 
 
+VAL_PER_SEQ = 8
+"""Validation positions taken from each held-out sequence: positions of one text are correlated
+(one topic), so a validation set drawn from a few long texts would steer the line search's step
+sizes toward those texts; spreading it over ``rows / 8`` texts keeps it representative."""
+
+
 def split_validation(seqs: list[list[int]], bos: int, rows: int, seed: int) -> tuple[list, list]:
-    """Hold aside seeded sequences with at least ``rows`` read positions for validation."""
+    """Hold aside seeded sequences giving ``rows`` validation positions, `VAL_PER_SEQ` at most each."""
     order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
     val, count = set(), 0
     for i in order:
         if count >= rows or len(val) >= len(seqs) - 1:
             break
         val.add(i)
-        count += sum(1 for t in seqs[i] if t != bos)
+        count += min(VAL_PER_SEQ, sum(1 for t in seqs[i] if t != bos))
     return [s for i, s in enumerate(seqs) if i not in val], [seqs[i] for i in sorted(val)]
 
 
 def validation_residuals(model: Any, seqs: list[list[int]], bos: int, rows: int, batch_size: int) -> Tensor:
-    """Residuals ``[layer, row, d_model]`` of the first ``rows`` read positions of ``seqs``."""
+    """Residuals ``[layer, row, d_model]``: up to `VAL_PER_SEQ` evenly spaced read positions per
+    sequence of ``seqs``, the first ``rows`` of them."""
     parts = []
     for stack in iter_residuals(model, seqs, batch_size=batch_size):
         b, p = read_rows(stack.tokens, stack.mask, bos)
-        parts.append(stack.resid[:, b, p].clone().float())
+        pick = []
+        for j in b.unique().tolist():
+            idx = (b == j).nonzero().flatten()
+            k = min(VAL_PER_SEQ, len(idx))
+            pick.append(idx[torch.linspace(0, len(idx) - 1, k).round().long()])
+        if pick:
+            sel = torch.cat(pick)
+            parts.append(stack.resid[:, b[sel], p[sel]].clone().float())
     return torch.cat(parts, 1)[:, :rows]

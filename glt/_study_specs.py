@@ -227,8 +227,20 @@ def _patch_head(res: Any) -> list[tuple[str, str]]:
     return [("pairs (valid: each unpatched prompt on its own options)", f"{res.n_pairs} ({int(res.valid.sum())})"),
             ("median patching transition layer (stable)", med(ts)),
             (f"median layer where the {res.lens} lens settles on the source options", med(ls)),
-            ("pairs whose patching transition and lens layer differ (by >= 1 layer, or one never "
-             "settles)", f"{len(res.disagreements())} of {res.n_pairs}")]
+            *_patch_differ(res)]
+
+
+def _patch_differ(res: Any) -> list[tuple[str, str]]:
+    """How many pairs' patching transition differs (>= 1 layer, or one side never settles) from
+    each lens reading: its options rule and its top-1 settle layer."""
+    df = res.to_dataframe("pairs")
+    out = []
+    for col, what in (("lens_options_stable", "settles on the source options"),
+                      ("lens_settle", "top-1 settles on the final top-1")):
+        bad = int((df["transition_stable"] != df[col]).sum())  # -1 (never) equals only -1
+        out.append((f"pairs whose patching transition differs from the layer where the lens {what}",
+                    f"{bad} of {res.n_pairs}"))
+    return out
 
 
 def _tables(res: Any) -> dict[str, Any]:

@@ -38,7 +38,6 @@ step equals the single-process step up to float summation order.
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor
 
 from glt._capture import iter_residuals
+from glt._distributed import all_reduce_sum, rank_and_world
 from glt._errors import GltError
 from glt._lens_data import (
     plan_sequences,
@@ -59,110 +59,11 @@ from glt._lens_data import (
 )
 from glt._lens_linesearch import LineSearch
 from glt._lens_loss import tiled_kl_ce
+from glt._lens_lstsq import fit_least_squares
 from glt._train_state import load_checkpoint, save_checkpoint, save_tensors
 from glt._tuned_lens import TunedLens
 
-__all__ = ["fit_least_squares", "train_tuned_lens"]
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    if _dist()[1] > 1:
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def fit_least_squares(
-    model: Any,
-    texts: Sequence[str] | Sequence[Sequence[int]],
-    *,
-    lens: TunedLens | None = None,
-    max_tokens: int | None = None,
-    ridge: float = 1e-4,
-    seq_len: int = 256,
-    batch_size: int = 8,
-    progress: bool = True,
-) -> TunedLens:
-    """Fit every translator in closed form so that ``h_l + A_l h_l + b_l`` predicts ``h_final``.
-
-    Weighted ridge regression per layer (rows weighted by ``1 / mean(h_final^2)``; ridge
-    ``ridge * trace(X^T W X) / d_model`` on ``A`` only); BOS positions are skipped. Under
-    ``torch.distributed`` each rank reads its share of the texts and the statistics are summed.
-
-    Args:
-        model: the TransformerLens model.
-        texts: texts or token-id sequences.
-        lens: lens to fill (default: a new `TunedLens` for ``model``).
-        max_tokens: stop after this many read positions (over all ranks, approximately).
-        ridge: relative ridge strength.
-        seq_len, batch_size: sequence cut and forward batch size.
-        progress: show a tqdm bar.
-
-    Example:
-        >>> # ls = glt.fit_least_squares(model, texts, max_tokens=16_384)
-    """
-    from tqdm.auto import tqdm
-
-    lens = lens if lens is not None else TunedLens.from_model(model)
-    if texts and isinstance(texts[0], str):
-        seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
-    else:
-        seqs, bos = [list(map(int, s)) for s in texts], getattr(model.tokenizer, "bos_token_id", -1)
-    rank, world = _dist()
-    seqs = seqs[rank::world]
-    L, d = lens.n_layers, lens.d_model
-    xtx = torch.zeros(L, d + 1, d + 1, dtype=torch.float64)
-    xty = torch.zeros(L, d + 1, d, dtype=torch.float64)
-    seen = 0
-    limit = None if max_tokens is None else math.ceil(max_tokens / world)
-    bar = tqdm(total=limit, desc="least squares", unit="tok", disable=not progress or rank != 0)
-    for stack in iter_residuals(model, seqs, batch_size=batch_size):
-        b, p = read_rows(stack.tokens, stack.mask, bos if bos is not None else -1)
-        if limit is not None:
-            b, p = b[: limit - seen], p[: limit - seen]
-        if len(b) == 0:
-            continue
-        h = stack.resid[:, b, p].double()  # [layer, row, d]
-        w = 1.0 / h[-1].pow(2).mean(-1)
-        X = torch.cat([h[:-1], torch.ones(L, len(b), 1, dtype=torch.float64)], -1)
-        xtx += torch.einsum("lri,lrj->lij", X * w[None, :, None], X)
-        xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - h[:-1])
-        seen += len(b)
-        bar.update(len(b))
-        if limit is not None and seen >= limit:
-            break
-    bar.close()
-    _all_reduce(xtx)
-    _all_reduce(xty)
-    total = int(_all_reduce(torch.tensor([seen], dtype=torch.float64)).item())
-    if total <= d:
-        raise GltError(
-            f"least squares saw {total} read positions but needs more than d_model={d}: pass more "
-            "texts or a larger max_tokens"
-        )
-    lam = ridge * torch.diagonal(xtx[:, :d, :d], dim1=-2, dim2=-1).sum(-1) / d
-    reg = xtx.clone()
-    idx = torch.arange(d)
-    reg[:, idx, idx] += lam[:, None]
-    if not bool(torch.isfinite(reg).all() and torch.isfinite(xty).all()):
-        raise GltError("least squares met non-finite residuals: check the model's outputs on these texts")
-    # reg is symmetric positive definite (a ridge-regularised Gram matrix): Cholesky is stable
-    # and avoids the batched LU path, which failed inside MKL for [18, 641, 641] float64 here
-    chol, info = torch.linalg.cholesky_ex(reg)
-    if bool((info == 0).all()):
-        theta = torch.cholesky_solve(xty, chol)  # [layer, d+1, d]: rows = inputs (A^T), last = bias
-    else:
-        theta = torch.linalg.lstsq(reg, xty).solution
-    with torch.no_grad():
-        lens.weight.copy_(theta[:, :d].transpose(-1, -2).float())
-        lens.bias.copy_(theta[:, d].float())
-    lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"}
-    return lens
+__all__ = ["train_tuned_lens"]
 
 
 def _row_weights(top1: Tensor, counts: Tensor | None, alpha: float) -> Tensor:
@@ -207,6 +108,7 @@ def train_tuned_lens(
     grad_clip: float = 1.0,
     frequency_counts: Tensor | None = None,
     frequency_alpha: float = 1.0,
+    layers: Sequence[int] | None = None,
     seq_len: int = 256,
     batch_size: int = 8,
     val_rows: int = 48,
@@ -236,8 +138,8 @@ def train_tuned_lens(
         tokens_per_step: read positions per optimiser step (over all ranks).
         optimizer: ``"sgd"`` (the recipe), ``"adam"`` (AMSGrad, lr ``1e-3 * lr``, as tuned-lens)
             or ``"linesearch"`` (diagonally preconditioned gradient with per-layer step sizes
-            chosen on ``val_rows`` positions held out of the training texts; see
-            `glt._lens_linesearch`; ``lr``, ``momentum``, ``weight_decay`` and ``grad_clip``
+            chosen on ``val_rows`` positions held out of the training texts, at most 8 per
+            text; see `glt._lens_linesearch`; ``lr``, ``momentum``, ``weight_decay`` and ``grad_clip``
             do not apply).
         lr, momentum, weight_decay, grad_clip: the recipe (``lr`` before the ``1 - momentum``
             factor is applied for SGD).
@@ -277,8 +179,10 @@ def train_tuned_lens(
             raise GltError(f"{name} must be a positive int, got {val!r}")
     if not isinstance(texts, Sequence) or isinstance(texts, str) or len(texts) == 0:
         raise GltError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
-    rank, world = _dist()
+    rank, world = rank_and_world()
     lens = TunedLens.from_model(model)
+    sel = _check_layers(layers, lens.n_layers)
+    layers = None if layers is None else sel.tolist()
     if start_lens is not None:
         lens.check_compatible(start_lens.n_layers + 1, start_lens.d_model)
         with torch.no_grad():
@@ -327,8 +231,8 @@ def train_tuned_lens(
     W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
     search = None
     if optimizer == "linesearch":
-        search = LineSearch(lens, validation_residuals(model, val_seqs, bos, val_rows, batch_size), W,
-                            tile=vocab_tile)
+        search = LineSearch(lens, validation_residuals(model, val_seqs, bos, val_rows, batch_size),
+                            lens.unembed.W, tile=vocab_tile, layers=sel)
         if state is not None and "search" in state:
             search.centre = torch.tensor(state["search"]["centre"])
     norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]
@@ -342,11 +246,11 @@ def train_tuned_lens(
                     g["lr"] = base_lr * (1 - step / n_steps)
             for p in params:
                 p.grad = torch.zeros_like(p)  # every rank all-reduces a gradient, even an empty share
-            stats = _step_grads(model, lens, [seqs[i] for i in plan[step][rank::world]], bos, W,
+            stats = _step_grads(model, lens, [seqs[i] for i in plan[step][rank::world]], bos, W, sel,
                                 counts, frequency_alpha, batch_size, row_chunk, compute_dtype, vocab_tile)
             for p in params:
-                _all_reduce(p.grad)
-            _all_reduce(stats)
+                all_reduce_sum(p.grad)
+            all_reduce_sum(stats)
             wsum, n_rows = float(stats[0]), int(stats[1])
             for p in params:
                 p.grad /= max(wsum, 1e-30)
@@ -359,7 +263,14 @@ def train_tuned_lens(
                         torch.distributed.broadcast(p.data, 0)
             else:
                 rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else None
+                frozen = [p.detach().clone() for p in params] if layers is not None else None
                 opt.step()
+                if frozen is not None:  # weight decay and momentum must not move untrained layers
+                    keep = torch.ones(lens.n_layers, dtype=torch.bool)
+                    keep[sel] = False
+                    with torch.no_grad():
+                        for p, f in zip(params, frozen, strict=True):
+                            p[keep] = f[keep]
                 rec["lr"] = opt.param_groups[0]["lr"]
             history.append(rec)
             bar.update(1)
@@ -403,15 +314,27 @@ def _least_squares_start(lens: TunedLens, resumed_from: Any) -> TunedLens | None
     return _fill(start, p["weight"], p["bias"], f)
 
 
-_SETTINGS = {"val_rows", "init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
+_SETTINGS = {"val_rows", "layers", "init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
              "momentum", "weight_decay", "grad_clip", "frequency_alpha", "seq_len", "seed", "vocab_tile"}
 
 
-def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W: Tensor,
+def _check_layers(layers: Sequence[int] | None, n_layers: int) -> Tensor:
+    """The trained translator indices as a tensor (all when ``layers`` is None)."""
+    if layers is None:
+        return torch.arange(n_layers)
+    ok = (isinstance(layers, Sequence) and len(layers) > 0 and all(isinstance(i, int) for i in layers)
+          and 0 <= layers[0] and layers[-1] < n_layers and all(a < b for a, b in zip(layers, layers[1:], strict=False)))
+    if not ok:
+        raise GltError(f"layers must be increasing translator indices in [0, {n_layers - 1}], got {layers!r}; "
+                       "pass None to train every translator")
+    return torch.tensor(list(layers))
+
+
+def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W: Tensor, sel: Tensor,
                 counts: Tensor | None, alpha: float, batch_size: int, row_chunk: int,
                 compute_dtype: torch.dtype, tile: int) -> Tensor:
     """Accumulate ``sum_rows w * KL`` gradients for one step; returns [wsum, rows, kl_sum/layer]."""
-    L = lens.n_layers
+    L = len(sel)
     stats = torch.zeros(2 + L, dtype=torch.float64)
     if not seqs:
         return stats
@@ -419,7 +342,7 @@ def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W:
         b, p = read_rows(stack.tokens, stack.mask, bos)
         for a in range(0, len(b), row_chunk):
             h = stack.resid[:, b[a : a + row_chunk], p[a : a + row_chunk]].clone().float()
-            x = lens.unembed.normalize(lens.transform_stack(h)[:-1])
+            x = lens.unembed.normalize(lens.transform_stack(h)[:-1][sel])
             xf = lens.unembed.normalize(h[-1])
             kl, _, top1 = tiled_kl_ce(lens.unembed, x, xf, compute_dtype=compute_dtype, tile=tile,
                                       W=W, return_top1=True)

@@ -24,11 +24,12 @@ from glt._facts import run_fact_recall
 from glt._frequency import TokenFrequency
 from glt._guess_refine import run_guess_then_refine
 from glt._lens_eval import evaluate_lens
+from glt._lens_lstsq import fit_least_squares
 from glt._mc_data import MCExample, MCPrompt, control_prompts
 from glt._multiple_choice import run_multiple_choice
 from glt._patching import patch_layers
 from glt._pos import run_pos_study
-from glt._train import fit_least_squares, train_tuned_lens
+from glt._train import train_tuned_lens
 from glt._tuned_lens import TunedLens
 
 FREQ = TokenFrequency.from_counts(torch.randint(0, 50, (101,), generator=torch.Generator().manual_seed(0)),

@@ -93,7 +93,7 @@ def test_from_texts_exclude_special_puts_bos_in_excluded_bucket(tiny_llama):
 
 
 def test_whitespace_detection_uses_decoded_text():
-    from glt._frequency import _special_and_whitespace
+    from glt._frequency_count import special_and_whitespace as _special_and_whitespace
 
     class Tok:
         all_special_ids = [0]

@@ -141,7 +141,7 @@ def test_tables_disagreements_and_roundtrip(tiny_llama, tmp_path):
 
 
 def test_compare_semantics():
-    from glt._patching import _compare
+    from glt._patching_result import _compare
 
     assert _compare(5, 3, 1) == (2.0, True)
     assert _compare(5, 4, 1) == (1.0, False)
@@ -211,3 +211,20 @@ def test_default_model_sst_into_mmlu(default_model):
     print(res.to_dataframe()[["layer", "p_target", "p_source", "lands_on", "top1_token"]].to_string())
     print(res.to_dataframe("pairs")[["transition_first", "transition_stable", "lens_options_first",
                                       "lens_options_stable", "lens_settle", "disagrees"]].to_string())
+
+
+def test_report_counts_each_lens_reading_separately(tiny_llama):
+    from dataclasses import replace
+
+    from glt._study_specs import _patch_head
+
+    res = _run(tiny_llama, target=[TARGET] * 3, source=[SOURCE] * 3)
+    # pair 0 agrees on both readings, pair 1 only on the options rule, pair 2 on neither (never)
+    ts = torch.tensor([2, 3, 1])
+    res = replace(res, transition_stable=ts, lens_options_stable=torch.tensor([2, 3, -1]),
+                  lens_settle=torch.tensor([2, 4, -1]))
+    head = dict(_patch_head(res))
+    opts = [v for k, v in head.items() if "source options" in k and "differs" in k]
+    settle = [v for k, v in head.items() if "top-1 settles" in k]
+    assert opts == ["1 of 3"] and settle == ["2 of 3"]
+    assert len(res.disagreements()) == 2

@@ -12,7 +12,8 @@ from glt._lens import LogitLens, Unembed
 from glt._lens_data import plan_sequences, plan_steps, read_rows
 from glt._lens_eval import LensEvaluation, evaluate_lens
 from glt._lens_loss import final_stats, tiled_kl_ce
-from glt._train import _row_weights, _step_grads, fit_least_squares, train_tuned_lens
+from glt._lens_lstsq import fit_least_squares
+from glt._train import _row_weights, _step_grads, train_tuned_lens
 from glt._tuned_lens import TunedLens, load_lens
 
 
@@ -254,7 +255,7 @@ def test_reweighted_step_objective_is_the_weighted_mean_of_kl(tiny_llama):
     lens = TunedLens.from_model(tiny_llama)
     seqs, bos = plan_sequences(tiny_llama, TRAIN[:4])
     counts = torch.arange(101, dtype=torch.float32) * 10
-    stats = _step_grads(tiny_llama, lens, seqs, bos, lens.unembed.W, counts, 0.5, 8, 1000, torch.float32, 64)
+    stats = _step_grads(tiny_llama, lens, seqs, bos, lens.unembed.W, torch.arange(lens.n_layers), counts, 0.5, 8, 1000, torch.float32, 64)
     r = glt.readout(glt.capture_residuals(tiny_llama, seqs), LogitLens.from_model(tiny_llama),
                     positions=glt.capture_residuals(tiny_llama, seqs).mask & (glt.capture_residuals(tiny_llama, seqs).tokens != bos))
     w = (1 + counts[r.top1[-1]]) ** -0.5
@@ -337,6 +338,22 @@ def test_cli_train_eval_export_import(tiny_root, tmp_path, capsys):
     assert _cli(["lens", "import", str(tmp_path / "tl"), str(tmp_path / "back"), "--model", model]) == 0
     m = glt.load_model(model)
     assert torch.equal(load_lens(tmp_path / "back", m).weight, load_lens(tmp_path / "lens", m).weight)
+    # continue training one translator of the saved lens
+    assert _cli(["lens", "train", "--model", model, "--texts", str(tmp_path / "train.txt"), "--out",
+                 str(tmp_path / "more"), "--init", str(tmp_path / "lens"), "--layers", "1-1",
+                 "--max-tokens", "200", "--tokens-per-step", "100", "--no-progress"]) == 0
+    before, after = load_lens(tmp_path / "lens", m), load_lens(tmp_path / "more", m)
+    assert torch.equal(after.weight[0], before.weight[0]) and torch.equal(after.weight[2], before.weight[2])
+    assert after.config["training"]["layers"] == [1]
+
+
+def test_cli_parse_layers():
+    from glt._cli_lens import parse_layers
+
+    assert parse_layers("11-13") == [11, 12, 13] and parse_layers("0, 3,5-6") == [0, 3, 5, 6]
+    assert parse_layers(None) is None
+    with pytest.raises(glt.GltError, match="--layers must look like"):
+        parse_layers("a-b")
 
 
 @pytest.mark.parametrize("content,match", [("", "holds no text"), ('{"txt": 1}\n', "'text' field")])
@@ -349,3 +366,46 @@ def test_cli_bad_text_files_raise(tmp_path, content, match):
         read_texts(str(f), None)
     with pytest.raises(glt.GltError, match="exactly one"):
         read_texts(None, None)
+
+
+def test_training_some_layers_leaves_the_others_unchanged(tiny_llama):
+    start = train_tuned_lens(tiny_llama, TRAIN, seed=3, **dict(FAST, max_tokens=0, optimizer="linesearch"))
+    for optimizer in ("linesearch", "sgd"):
+        lens = train_tuned_lens(tiny_llama, TRAIN, seed=3, init=start, layers=[1],
+                                **dict(FAST, max_tokens=400, optimizer=optimizer))
+        for i in (0, 2):
+            assert torch.equal(lens.weight[i], start.weight[i]) and torch.equal(lens.bias[i], start.bias[i])
+        assert not torch.equal(lens.weight[1], start.weight[1])
+        assert lens.config["training"]["layers"] == [1]
+        assert all(len(h["kl_layer"]) == 1 for h in lens.config["training"]["history"])
+    # each layer's KL depends only on its own translator: a subset trains exactly as in a full run
+    some = train_tuned_lens(tiny_llama, TRAIN, seed=3, init=start, layers=[1],
+                            **dict(FAST, max_tokens=400, optimizer="linesearch"))
+    full = train_tuned_lens(tiny_llama, TRAIN, seed=3, init=start, **dict(FAST, max_tokens=400, optimizer="linesearch"))
+    assert torch.allclose(some.weight[1], full.weight[1], atol=1e-6)
+    stack = glt.capture_residuals(tiny_llama, HELD)
+    kl = [glt.readout(stack, x).kl_to_final.mean(1) for x in (start, some)]
+    assert float(kl[1][1]) < float(kl[0][1])
+
+
+@pytest.mark.parametrize("layers", [[], [2, 1], [0, 0], [-1], [3], "1", [1.0]])
+def test_bad_layers_raise(tiny_llama, layers):
+    with pytest.raises(glt.GltError, match="layers must be"):
+        glt.train_tuned_lens(tiny_llama, TRAIN, layers=layers, **FAST)
+
+
+def test_validation_positions_are_spread_over_texts(tiny_llama):
+    from glt._lens_data import VAL_PER_SEQ, split_validation, validation_residuals
+
+    seqs, bos = plan_sequences(tiny_llama, TRAIN, seq_len=256)
+    train, val = split_validation(seqs, bos, 20, seed=0)
+    assert len(val) == -(-20 // VAL_PER_SEQ) and len(train) + len(val) == len(seqs)
+    h = validation_residuals(tiny_llama, val, bos, 20, batch_size=2)
+    assert h.shape == (tiny_llama.cfg.n_layers + 1, 20, tiny_llama.cfg.d_model)
+    want = []
+    for s in val:  # evenly spaced read positions (BOS excluded), 8 per text at most
+        st = glt.capture_residuals(tiny_llama, [s])
+        _, p = read_rows(st.tokens, st.mask, bos)
+        pick = p[torch.linspace(0, len(p) - 1, min(VAL_PER_SEQ, len(p))).round().long()]
+        want.append(st.resid[:, 0, pick])
+    assert torch.allclose(h, torch.cat(want, 1)[:, :20].float(), atol=1e-4)
