@@ -134,12 +134,17 @@ def render_markdown(info: dict, ev) -> str:
         "",
         f"- Training data: {info['data']}.",
         f"- Least-squares initialisation: {info['least_squares_tokens']} positions, "
-        f"{info['least_squares_seconds'] / 60:.1f} min (forward passes only).",
+        f"{info['least_squares_seconds'] / 60:.1f} min including the model's first load (forward passes "
+        "only, no vocabulary-sized work).",
         f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
         f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU (bfloat16 logit tiles), in "
         f"{len(info['stages'])} stage(s), each continuing the one before:",
         *[f"  - `{st['name']}`: layers {_span(st['layers'])}, {st['tokens']} positions in {st['steps']} steps, "
           f"{st['seconds'] / 60:.1f} min; {json.dumps(st['settings'])}" for st in info["stages"]],
+        "- Stage `tuned_gated` ran with the line search as it was before validation positions "
+        "were spread over texts (its 256 came from consecutive positions of one text); since then "
+        "they are at most 8 per text and decided in float32, so rerunning that stage's command "
+        "gives a somewhat different first stage.",
         "- Line search: diagonally preconditioned KL gradient, per-layer step sizes accepted on "
         "validation positions held out of the training texts only when they beat one standard error "
         "(see glt/_lens_linesearch.py).",
@@ -152,11 +157,17 @@ def render_markdown(info: dict, ev) -> str:
         "",
         "## Held-out KL(final || lens) per layer, nats (mean; median in brackets)",
         "",
-        "| layer | " + " | ".join(ev.lenses) + " |",
-        "|---|" + "---|" * len(ev.lenses),
+        "The last column is the paired difference tuned - least squares over the same positions, "
+        "with its standard error.",
+        "",
+        "| layer | " + " | ".join(ev.lenses) + " | tuned - least_squares |",
+        "|---|" + "---|" * (len(ev.lenses) + 1),
     ]
+    diff = kl["tuned"] - kl["least_squares"]
     for j, label in enumerate(ev.layer_labels):
         cells = [f"{float(kl[n][j].mean()):.3f} ({float(kl[n][j].median()):.3f})" for n in ev.lenses]
+        d = diff[j]
+        cells.append(f"{float(d.mean()):+.3f} +- {float(d.std() / d.numel() ** 0.5):.3f}")
         lines.append(f"| {j} {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Held-out next-token cross-entropy per layer, nats (mean)", "",
               "| layer | " + " | ".join(ev.lenses) + " |", "|---|" + "---|" * len(ev.lenses)]
