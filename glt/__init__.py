@@ -19,13 +19,15 @@ from glt._fact_data import Fact, load_facts, read_counterfact, read_mquake
 from glt._fact_result import FactRecallResult
 from glt._facts import run_fact_recall
 from glt._frequency import TokenFrequency, load_frequency
-from glt._guess_refine import GuessRefineResult, run_guess_then_refine
+from glt._gtr_result import GuessRefineResult
+from glt._guess_refine import run_guess_then_refine
 from glt._lens import LogitLens, Unembed
 from glt._lens_eval import LensEvaluation, evaluate_lens
 from glt._lens_lstsq import fit_least_squares
 from glt._mc_data import MCExample, MCPrompt, format_mc_prompt, load_mc_dataset
+from glt._mc_result import MultipleChoiceResult
 from glt._models import cache_dir, load_model
-from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
+from glt._multiple_choice import run_multiple_choice
 from glt._onsets import (
     K_GRID,
     OnsetCurve,

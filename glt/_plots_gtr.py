@@ -120,7 +120,7 @@ def plot_flip_split(result: Any, *, axes: Sequence[Any] | None = None, min_n: in
         The figure (new) or the given axes; in each panel the container of class ``c`` has heights
         ``gold_split[:, b, c] / gold_split[:, b].sum(-1)``.
     """
-    from glt._guess_refine import GOLD_CLASSES
+    from glt._gtr_result import GOLD_CLASSES
 
     split = as_numpy(result.gold_split).astype(float)  # [layer, bucket, cls]
     n_layer, n_b, _ = split.shape

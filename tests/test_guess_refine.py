@@ -13,7 +13,8 @@ import glt._guess_refine as gr
 from glt._capture import ResidualStack, layer_labels, pad_batch
 from glt._corpus import wikipedia_paragraphs
 from glt._frequency import TokenFrequency
-from glt._guess_refine import GOLD_CLASSES, GuessRefineResult, run_guess_then_refine
+from glt._gtr_result import GOLD_CLASSES, GuessRefineResult
+from glt._guess_refine import run_guess_then_refine
 
 V, N_LAYERS = 7, 3
 # counts 60 > 50 > ... so token id == frequency rank; edges (1, 3): bucket 0 = {0},

@@ -10,7 +10,8 @@ import glt
 import glt._mc_data as mcd
 from glt import GltError
 from glt._mc_data import MCExample, MCPrompt
-from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
+from glt._mc_result import MultipleChoiceResult
+from glt._multiple_choice import run_multiple_choice
 
 LABELS = ("embed", "resid_pre 1", "resid_pre 2", "resid_pre 3", "final")
 

@@ -261,7 +261,7 @@ def test_flip_rate_bars_equal_rates(gtr, min_n):
 
 
 def test_flip_split_equals_gold_split(gtr):
-    from glt._guess_refine import GOLD_CLASSES
+    from glt._gtr_result import GOLD_CLASSES
 
     fig = plot_flip_split(gtr, min_n=1)
     split = gtr.gold_split.numpy().astype(float)

@@ -45,10 +45,10 @@ from glt import (  # the public (argument-checked) functions, as users call them
 from glt._early_exit import EarlyExitResult
 from glt._facts import FactRecallResult
 from glt._frequency import TokenFrequency
-from glt._guess_refine import GuessRefineResult
+from glt._gtr_result import GuessRefineResult
 from glt._io import atomic_write_bytes, read_json, write_json
 from glt._mc_data import MCPrompt
-from glt._multiple_choice import MultipleChoiceResult
+from glt._mc_result import MultipleChoiceResult
 from glt._onsets import K_GRID, OnsetCurve
 from glt._patching import PatchingResult
 from glt._pos import PosResult

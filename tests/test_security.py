@@ -31,10 +31,12 @@ import glt
 from glt._early_exit import EarlyExitResult, early_exit
 from glt._facts import FactRecallResult, run_fact_recall
 from glt._frequency import TokenFrequency
-from glt._guess_refine import GuessRefineResult, run_guess_then_refine
+from glt._gtr_result import GuessRefineResult
+from glt._guess_refine import run_guess_then_refine
 from glt._lens_eval import LensEvaluation, evaluate_lens
 from glt._mc_data import MCPrompt
-from glt._multiple_choice import MultipleChoiceResult, run_multiple_choice
+from glt._mc_result import MultipleChoiceResult
+from glt._multiple_choice import run_multiple_choice
 from glt._patching import PatchingResult, patch_layers
 from glt._pos import PosResult, run_pos_study
 from glt._train import train_tuned_lens

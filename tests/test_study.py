@@ -295,7 +295,7 @@ def test_study_on_the_default_model_small(tmp_path):
     run_study(cfg, out, stages=["heatmap", "guess_refine", "early_exit"], progress=False)
     summary = json.loads((out / "timings" / "summary.json").read_text())
     assert {r["status"] for r in summary["stages"].values()} == {"computed"}
-    from glt._guess_refine import GuessRefineResult
+    from glt._gtr_result import GuessRefineResult
 
     res = GuessRefineResult.load(out / "data" / f"guess_refine_{cfg.lenses[0]}.json")
     assert res.n_positions == 2 * 7 and res.model == "gemma-3-270m"  # BOS-only prefix not read
