@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             held = read_texts(args.heldout_texts, args.heldout_corpus)
         init = args.init if args.init in ("least_squares", "zero") else load_lens(args.init, model)
         lens = train_tuned_lens(
-            model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
+            model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens,
+            tokens_per_step=args.tokens_per_step,
             least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
             val_rows=args.val_rows,
             weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
