@@ -370,7 +370,7 @@ def test_cli_bad_text_files_raise(tmp_path, content, match):
 
 def test_training_some_layers_leaves_the_others_unchanged(tiny_llama):
     start = train_tuned_lens(tiny_llama, TRAIN, seed=3, **dict(FAST, max_tokens=0, optimizer="linesearch"))
-    for optimizer in ("linesearch", "sgd"):
+    for optimizer in ("linesearch", "sgd", "adam"):
         lens = train_tuned_lens(tiny_llama, TRAIN, seed=3, init=start, layers=[1],
                                 **dict(FAST, max_tokens=400, optimizer=optimizer))
         for i in (0, 2):
