@@ -30,8 +30,7 @@ recipe's mean KL rises from 46.9 to 50.6 nats over its first 941 tokens, while l
 alone gives 2.24 (mean over layers, held-out probe), least squares + line search 1.81 after
 3,988 tokens, and 1.79 after 8,745 more on layers 11-17 (``layers=``); on 1,024 held-out
 positions it then beats least squares at every layer (by 0.025-0.29 nats at layers 11-17). The
-tokens-to-KL curves
-are in the shipped lens's report (``glt/assets/lenses/default/report.md``).
+tokens-to-KL curves are in the shipped lens's report (``glt/assets/lenses/default/report.md``).
 
 Data parallel: under ``torch.distributed`` (``torchrun``, gloo on CPU) rank ``r`` takes every
 ``world_size``-th sequence of each step; weighted loss sums and gradients are all-reduced, so the
