@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import glt
+from glt._cli_lens import parse_layers
 from glt._corpus import WIKI_SOURCE, wikipedia_paragraphs
 from glt._io import write_json
 from glt._lens_data import plan_sequences, read_rows
@@ -190,13 +191,6 @@ def render_markdown(info: dict, ev) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layers(spec: str | None) -> list[int] | None:
-    if spec is None:
-        return None
-    lo, _, hi = spec.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("phase", choices=["ls", "kl", "report", "render"])
@@ -257,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         lens = train_tuned_lens(
             model, train, init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
             lr=args.lr, optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed,
-            val_rows=args.val_rows, layers=_layers(args.layers), seq_len=args.seq_len,
+            val_rows=args.val_rows, layers=parse_layers(args.layers), seq_len=args.seq_len,
             checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
             data_name=WIKI_SOURCE + " train split",
         )
