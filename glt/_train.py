@@ -239,6 +239,10 @@ def train_tuned_lens(
     norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]
     for p in norm_params:
         p.requires_grad_(False)
+    keep = None  # translators that stay fixed, when only some train
+    if layers is not None:
+        keep = torch.ones(lens.n_layers, dtype=torch.bool)
+        keep[sel] = False
     bar = tqdm(total=n_steps, initial=start, desc="tuned lens", unit="step", disable=not progress or rank != 0)
     try:
         for step in range(start, n_steps):
@@ -264,14 +268,12 @@ def train_tuned_lens(
                         torch.distributed.broadcast(p.data, 0)
             else:
                 rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else None
-                frozen = [p.detach().clone() for p in params] if layers is not None else None
+                frozen = [p.detach()[keep].clone() for p in params] if keep is not None else None
                 opt.step()
                 if frozen is not None:  # weight decay and momentum must not move untrained layers
-                    keep = torch.ones(lens.n_layers, dtype=torch.bool)
-                    keep[sel] = False
                     with torch.no_grad():
                         for p, f in zip(params, frozen, strict=True):
-                            p[keep] = f[keep]
+                            p[keep] = f
                 rec["lr"] = opt.param_groups[0]["lr"]
             history.append(rec)
             bar.update(1)
