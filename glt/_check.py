@@ -18,8 +18,9 @@ Example:
 
 import functools
 import inspect
+import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from beartype import beartype
@@ -27,7 +28,7 @@ from jaxtyping import TypeCheckError, jaxtyped
 
 from glt._errors import GltError
 
-__all__ = ["checked"]
+__all__ = ["checked", "layer_indices"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PARAM = re.compile(r"typechecking parameter '(\w+)'")
@@ -72,3 +73,42 @@ def checked(fn: F) -> F:
 
     wrapper.__glt_checked__ = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def layer_indices(
+    value: Any, *, name: str, last: int, increasing: bool = False, what: str = "residual indices",
+    fix: str = "",
+) -> tuple[int, ...]:
+    """A non-empty list of layer indices in ``[0, last]`` as ints, or GltError naming ``name``.
+
+    Elements may be any integer type (Python, NumPy, 0-d integer tensors: ``operator.index``);
+    floats, strings and bools are refused rather than truncated. With ``increasing`` the indices
+    must also be distinct and sorted.
+
+    Example:
+        >>> layer_indices(range(2, 5), name="layers", last=4, increasing=True)
+        (2, 3, 4)
+        >>> layer_indices([3, 1.5], name="layers", last=4)
+        Traceback (most recent call last):
+        ...
+        glt._errors.GltError: layers must be residual indices in [0, 4], got [3, 1.5]
+    """
+    kind = ("increasing, distinct " if increasing else "") + what
+    msg = f"{name} must be {kind} in [0, {last}], got {value!r:.80}" + (f"; {fix}" if fix else "")
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise GltError(msg)
+    try:
+        out = tuple(_index(x) for x in value)
+    except TypeError:
+        raise GltError(msg) from None
+    if not out or any(not 0 <= x <= last for x in out):
+        raise GltError(msg)
+    if increasing and any(a >= b for a, b in zip(out, out[1:], strict=False)):
+        raise GltError(msg)
+    return out
+
+
+def _index(x: Any) -> int:
+    if isinstance(x, bool):
+        raise TypeError("a bool is not a layer index")
+    return operator.index(x)

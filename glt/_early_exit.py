@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from glt._check import layer_indices
 from glt._errors import GltError
 from glt._io import malformed, read_json, write_json
 from glt._onsets import stable_onset
@@ -253,16 +254,8 @@ def _taus(taus: Any) -> tuple[float, ...]:
 def _exit_layers(exit_layers: Any, n_layers: int) -> tuple[int, ...]:
     if exit_layers is None:
         return tuple(range(n_layers + 1))
-    try:
-        out = tuple(int(x) for x in exit_layers)
-    except (TypeError, ValueError) as e:
-        raise GltError(f"exit_layers must be residual indices, got {exit_layers!r:.60}") from e
-    if not out or any(not 0 <= x <= n_layers for x in out):
-        raise GltError(
-            f"exit_layers must be residual indices in [0, {n_layers}] (0 = embeddings, "
-            f"{n_layers} = final), got {out!r:.80}"
-        )
-    return out
+    return layer_indices(exit_layers, name="exit_layers", last=n_layers,
+                         fix=f"0 = embeddings, {n_layers} = final")
 
 
 def _mean(x: Tensor, sel: Bool[Tensor, " row"]) -> float:

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from glt._check import layer_indices
 from glt._errors import GltError
 from glt._io import malformed, read_json, write_json
 
@@ -151,10 +152,8 @@ class GuessRefineResult:
         the final layer, the early flip rate of top-bucket guesses, the final accuracy against
         the gold token, and the N behind each.
         """
-        layers = tuple(self.early_layers if layers is None else layers)
-        if not layers or any(not 0 <= int(x) <= self.n_layers for x in layers):
-            raise GltError(f"layers must be residual indices in [0, {self.n_layers}], got {layers}")
-        idx = list(layers)
+        layers = self.early_layers if layers is None else layers
+        idx = list(layer_indices(layers, name="layers", last=self.n_layers))
         n_early = self.n_positions * len(idx)
         top_early = int(self.bucket_counts[idx, 0].sum())
         flips_early = int(self.flip_counts[idx, 0].sum())

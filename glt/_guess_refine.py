@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from glt._capture import iter_residuals, model_tokenizer
+from glt._check import layer_indices
 from glt._errors import GltError
 from glt._frequency import TokenFrequency, load_frequency
 from glt._gtr_result import _TENSORS, GuessRefineResult
@@ -178,9 +179,8 @@ def run_guess_then_refine(
         raise GltError(f"lens must follow the lens contract (glt.LogitLens, TunedLens), got {type(lens).__name__}")
     n_layers = int(model.cfg.n_layers)
     lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
-    early = tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None else tuple(early_layers)
-    if not early or any(not isinstance(x, int) or not 0 <= x <= n_layers for x in early):
-        raise GltError(f"early_layers must be residual indices in [0, {n_layers}], got {early_layers!r}")
+    early = (tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None
+             else layer_indices(early_layers, name="early_layers", last=n_layers))
     if frequency is None:
         frequency = _default_frequency(model)
     elif isinstance(frequency, (str, os.PathLike)):

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from glt._capture import _as_id_lists, capture_residuals, layer_labels
+from glt._check import layer_indices
 from glt._errors import GltError
 from glt._lens import LogitLens, Unembed
 from glt._models import model_name as _model_name
@@ -233,15 +234,8 @@ def patch_layers(
     if layers is None:
         layer_list = list(range(n_layers + 1))
     else:
-        try:
-            layer_list = [int(x) for x in layers]
-        except (TypeError, ValueError) as e:
-            raise GltError(f"layers must be residual indices, got {layers!r:.60}") from e
-        if not layer_list or any(not 0 <= x <= n_layers for x in layer_list) or layer_list != sorted(set(layer_list)):
-            raise GltError(
-                f"layers must be increasing, distinct residual indices in [0, {n_layers}] "
-                f"(0 = embeddings, {n_layers} = final), got {layer_list!r:.80}"
-            )
+        layer_list = list(layer_indices(layers, name="layers", last=n_layers, increasing=True,
+                                        fix=f"0 = embeddings, {n_layers} = final"))
     lens = LogitLens.from_model(model) if lens is None else lens
     if not hasattr(lens, "transform_stack") or not hasattr(lens, "unembed"):
         raise GltError(f"lens must be a glt lens (LogitLens or TunedLens), got {type(lens).__name__}")

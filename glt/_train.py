@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from glt._capture import iter_residuals
+from glt._check import layer_indices
 from glt._distributed import all_reduce_sum, rank_and_world
 from glt._errors import GltError
 from glt._lens_data import (
@@ -325,12 +326,8 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> Tensor:
     """The trained translator indices as a tensor (all when ``layers`` is None)."""
     if layers is None:
         return torch.arange(n_layers)
-    ok = (isinstance(layers, Sequence) and len(layers) > 0 and all(isinstance(i, int) for i in layers)
-          and 0 <= layers[0] and layers[-1] < n_layers and all(a < b for a, b in zip(layers, layers[1:], strict=False)))
-    if not ok:
-        raise GltError(f"layers must be increasing translator indices in [0, {n_layers - 1}], got {layers!r}; "
-                       "pass None to train every translator")
-    return torch.tensor(list(layers))
+    return torch.tensor(layer_indices(layers, name="layers", last=n_layers - 1, increasing=True,
+                                      what="translator indices", fix="pass None to train every translator"))
 
 
 def _step_grads(model: Any, lens: TunedLens, seqs: list[list[int]], bos: int, W: Tensor, sel: Tensor,

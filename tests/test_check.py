@@ -2,11 +2,12 @@
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
 import glt
-from glt._check import checked
+from glt._check import checked, layer_indices
 
 
 def test_every_public_function_is_checked():
@@ -35,3 +36,24 @@ def test_wrong_type_names_the_argument_expected_and_got(call, arg):
 def test_glt_errors_from_inside_pass_through_unchanged():
     with pytest.raises(glt.GltError, match="ks must hold integer thresholds"):
         glt.compute_onsets(torch.zeros(3, 2, dtype=torch.long), ks=("a",))
+
+
+@pytest.mark.parametrize("value,want", [
+    ([0, 4], (0, 4)), (range(1, 3), (1, 2)), ((np.int64(2), torch.tensor(3)), (2, 3)), ([3, 1], (3, 1)),
+])
+def test_layer_indices_accept_any_integer_type(value, want):
+    got = layer_indices(value, name="layers", last=4)
+    assert got == want and all(type(x) is int for x in got)
+
+
+@pytest.mark.parametrize("value", [[], [5], [-1], [1.0], [1.5], ["1"], "12", 3, [True], None])
+def test_layer_indices_refuse_what_is_not_an_index(value):
+    with pytest.raises(glt.GltError, match=r"exit_layers must be residual indices in \[0, 4\], got"):
+        layer_indices(value, name="exit_layers", last=4)
+
+
+@pytest.mark.parametrize("value", [[2, 1], [1, 1]])
+def test_increasing_layer_indices_refuse_unsorted_or_repeated(value):
+    assert layer_indices(value, name="layers", last=4) == tuple(value)
+    with pytest.raises(glt.GltError, match="increasing, distinct translator indices in .0, 4.*pass None"):
+        layer_indices(value, name="layers", last=4, increasing=True, what="translator indices", fix="pass None")
