@@ -38,7 +38,7 @@ from torch import Tensor
 
 from glt._check import layer_indices
 from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 from glt._onsets import stable_onset
 from glt._readout import Readout
 
@@ -175,11 +175,8 @@ class EarlyExitResult:
     @classmethod
     def load(cls, path: Any) -> "EarlyExitResult":
         """Read a result written by `save`."""
-        data = read_json(path, "early-exit result")
-        if not isinstance(data, dict) or data.get("format") != "glt.EarlyExitResult":
-            raise GltError(f"{path} is not a saved EarlyExitResult: pass a file written by .save()")
         kw: dict[str, Any] = {}
-        with malformed(path, "early-exit result", "rebuild it with save()"):
+        with read_result(path, "glt.EarlyExitResult", "early-exit result", "rebuild it with save()") as data:
             n_groups = len(data["groups"])
             for f in fields(cls):
                 v = data[f.name]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from glt._errors import GltError
 from glt._fact_data import Fact
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 from glt._onsets import OnsetCurve, Onsets, aggregate_onsets, compute_onsets
 
 __all__ = ["FactRecallResult"]
@@ -204,10 +204,7 @@ class FactRecallResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FactRecallResult":
         """Read a result written by `save` (GltError if missing, corrupt or not a result)."""
-        data = read_json(path, "fact-recall result")
-        if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
-            raise GltError(f"{path} is not a glt fact-recall result: pass a file from .save()")
-        with malformed(path, "fact-recall result", "re-run and save"):
+        with read_result(path, _FORMAT, "fact-recall result", "re-run and save") as data:
             kw = {f.name: data[f.name] for f in fields(cls)}
             for name, dtype in _TENSORS.items():
                 kw[name] = torch.tensor(kw[name], dtype=dtype)

@@ -17,8 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt._check import layer_indices
-from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 
 __all__ = ["GOLD_CLASSES", "GuessRefineResult"]
 
@@ -200,10 +199,7 @@ class GuessRefineResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GuessRefineResult":
         """Read a result written by `save` (GltError if missing, corrupt or not a result)."""
-        data = read_json(path, "guess-then-refine result")
-        if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
-            raise GltError(f"{path} is not a glt guess-then-refine result: pass a file from .save()")
-        with malformed(path, "guess-then-refine result", "re-run and save"):
+        with read_result(path, _FORMAT, "guess-then-refine result", "re-run and save") as data:
             kw = {f.name: data[f.name] for f in fields(cls)}
             for name, dtype in _TENSORS.items():
                 kw[name] = torch.tensor(kw[name], dtype=dtype)

@@ -13,8 +13,8 @@ from typing import Any
 from glt._errors import GltError
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "malformed", "read_json", "recover_dir", "replace_dir",
-    "write_json",
+    "atomic_write_bytes", "atomic_write_text", "malformed", "read_json", "read_result", "recover_dir",
+    "replace_dir", "write_json",
 ]
 
 
@@ -92,6 +92,32 @@ def malformed(path: str | os.PathLike, what: str, fix: str = "delete it and re-r
         raise GltError(
             f"{what} {path} is malformed ({type(e).__name__}: {e}): {fix}"
         ) from e
+
+
+@contextlib.contextmanager
+def read_result(
+    path: str | os.PathLike, fmt: str, what: str, fix: str = "delete it and re-run", *, key: str = "format"
+) -> Iterator[dict[str, Any]]:
+    """Read a saved result's JSON and rebuild it inside ``with``; every failure is one GltError.
+
+    The file must exist, parse, and carry ``{key: fmt}``; errors raised while rebuilding the
+    result from the yielded dict become GltError too (`malformed`), naming the file and ``fix``.
+
+    Example:
+        >>> import tempfile
+        >>> f = write_json(Path(tempfile.mkdtemp()) / "r.json", {"format": "glt.Demo/1", "n": 3})
+        >>> with read_result(f, "glt.Demo/1", "demo result") as data:
+        ...     n = int(data["n"])
+        >>> n
+        3
+    """
+    data = read_json(path, what)
+    got = data.get(key) if isinstance(data, dict) else type(data).__name__
+    if got != fmt:
+        raise GltError(f"{path} is not a glt {what} ({key} {got!r}, expected {fmt!r}): "
+                       "pass a file written by its .save()")
+    with malformed(path, what, fix):
+        yield data
 
 
 def _publish_modes(tmp: Path) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from glt._capture import iter_residuals, layer_labels
 from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 from glt._lens_loss import tiled_kl_ce
 
 __all__ = ["LensEvaluation", "evaluate_lens", "finish_training"]
@@ -83,10 +83,8 @@ class LensEvaluation:
 
     @classmethod
     def load(cls, path: Any) -> "LensEvaluation":
-        d = read_json(path, "lens evaluation")
-        if not isinstance(d, dict) or d.get("kind") != "glt.LensEvaluation":
-            raise GltError(f"lens evaluation {path} is not a saved LensEvaluation: pass a file from .save")
-        with malformed(path, "lens evaluation", "delete it and re-run the evaluation"):
+        with read_result(path, "glt.LensEvaluation", "lens evaluation", "delete it and re-run the evaluation",
+                         key="kind") as d:
             return cls(tuple(d["lenses"]), tuple(d["layer_labels"]), torch.tensor(d["kl"], dtype=torch.float32),
                        torch.tensor(d["ce"], dtype=torch.float32), d["model"], d["data"], d.get("skipped", {}),
                        d.get("compute_dtype", "torch.float32"))

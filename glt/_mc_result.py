@@ -16,7 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import malformed, read_result, write_json
 from glt._onsets import (
     K_GRID,
     OnsetCurve,
@@ -281,4 +281,6 @@ class MultipleChoiceResult:
     @classmethod
     def load(cls, path: str | Path) -> "MultipleChoiceResult":
         """Read a result written by `save`."""
-        return cls.from_dict(read_json(path, "multiple-choice result"), path)
+        with read_result(path, "glt.MultipleChoiceResult", "multiple-choice result",
+                         "delete it and re-run the study", key="kind") as d:
+            return cls._from_dict(d, path)

@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 
 __all__ = ["PatchingResult"]
 
@@ -155,11 +155,8 @@ class PatchingResult:
     @classmethod
     def load(cls, path: Any) -> "PatchingResult":
         """Read a result written by `save`."""
-        data = read_json(path, "patching result")
-        if not isinstance(data, dict) or data.get("format") != "glt.PatchingResult":
-            raise GltError(f"{path} is not a saved PatchingResult: pass a file written by .save()")
         kw: dict[str, Any] = {}
-        with malformed(path, "patching result", "rebuild it with save()"):
+        with read_result(path, "glt.PatchingResult", "patching result", "rebuild it with save()") as data:
             for f in fields(cls):
                 v = data[f.name]
                 if f.name in _INT_FIELDS:

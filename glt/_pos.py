@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from glt._capture import iter_residuals, model_tokenizer
 from glt._errors import GltError
-from glt._io import malformed, read_json, write_json
+from glt._io import read_result, write_json
 from glt._onsets import K_GRID, OnsetCurve, Onsets, aggregate_onsets, compute_onsets, topk_churn
 from glt._pos_align import (
     CONTENT_TAGS,
@@ -204,10 +204,7 @@ class PosResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PosResult":
         """Read a result written by `save` (GltError if missing, corrupt or not a PosResult)."""
-        d = read_json(path, "part-of-speech result")
-        if not isinstance(d, dict) or d.pop("format", None) != _FORMAT:
-            raise GltError(f"{path} is not a glt part-of-speech result ({_FORMAT}): rerun the study")
-        with malformed(path, "part-of-speech result", "rerun the study"):
+        with read_result(path, _FORMAT, "part-of-speech result", "rerun the study") as d:
             n = len(d["items"])
             n_layer = len(d["layer_labels"])
             return cls(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from glt._errors import GltError
-from glt._io import read_json, write_json
+from glt._io import read_result, write_json
 from glt._study_stages import Stage, StudyContext, StudySpec
 
 __all__ = ["TextReadout", "specs"]
@@ -54,18 +54,13 @@ class TextReadout:
     def load(cls, path: Path) -> "TextReadout":
         from glt._readout import Readout
 
-        d = read_json(path, "text read-out")
-        if not isinstance(d, dict) or d.get("format") != "glt.TextReadout":
-            raise GltError(f"{path} is not a saved glt.TextReadout: delete it and rerun the study")
-        try:
+        with read_result(path, "glt.TextReadout", "text read-out", "delete it and rerun the study") as d:
             f = d["readout"]
             ints = ("batch_index", "pos_index", "input_ids", "targets", "ranks", "topk_ids")
             kw = {k: torch.tensor(v, dtype=torch.long if k in ints else torch.float32)
                   for k, v in f.items() if k not in ("layer_labels", "lens")}
             r = Readout(layer_labels=tuple(f["layer_labels"]), lens=f["lens"], **kw)
             return cls(r, {int(k): v for k, v in d["strings"].items()}, d["text"], d["model"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise GltError(f"{path} is a malformed text read-out ({e}): delete it and rerun") from e
 
 
 def _run_heatmap(ctx: StudyContext, stage: Stage) -> TextReadout:

@@ -213,7 +213,7 @@ def test_bad_readouts_and_files(hand, tmp_path):
         early_exit(hand).to_dataframe("nope")
     bad = tmp_path / "x.json"
     bad.write_text('{"format": "other"}')
-    with pytest.raises(glt.GltError, match="not a saved EarlyExitResult"):
+    with pytest.raises(glt.GltError, match="not a glt early-exit result"):
         EarlyExitResult.load(bad)
     bad.write_text('{"format": "glt.EarlyExitResult"}')
     with pytest.raises(glt.GltError, match="malformed"):
