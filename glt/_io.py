@@ -105,8 +105,8 @@ def read_result(
 
     Example:
         >>> import tempfile
-        >>> f = write_json(Path(tempfile.mkdtemp()) / "r.json", {"format": "glt.Demo/1", "n": 3})
-        >>> with read_result(f, "glt.Demo/1", "demo result") as data:
+        >>> f = write_json(Path(tempfile.mkdtemp()) / "r.json", {"format": "demo/1", "n": 3})
+        >>> with read_result(f, "demo/1", "demo result") as data:
         ...     n = int(data["n"])
         >>> n
         3

@@ -23,9 +23,12 @@ Conventions:
 * KL(final || layer) is 0 at the final layer by definition.
 """
 
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,10 +37,13 @@ from torch import Tensor
 
 from glt._capture import ResidualStack
 from glt._errors import GltError
+from glt._io import atomic_write_bytes, malformed
 from glt._readout_kernel import chunk_stats, resolve_matmul_dtype
 
 __all__ = ["Readout", "readout", "select_rows"]
 
+_FORMAT = "glt.Readout/1"
+_PER_ROW = ("batch_index", "pos_index", "input_ids", "targets")
 _CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
 _CPU_TILE_ROWS = 640  # layer * rows per tile on CPU
 
@@ -107,6 +113,49 @@ class Readout:
                 dim = 1 if vals[0].ndim >= 2 and f.name not in ("targets",) else 0
                 out[f.name] = torch.cat(vals, dim)
         return Readout(**out)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the read-out to one safetensors file, atomically; read it back with `load`.
+
+        Every tensor is stored exactly (ranks and ids as int64, floats as float32); the layer
+        labels and the lens name travel in the file's metadata. Nothing is pickled.
+        """
+        from safetensors.torch import save
+
+        tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous()
+                   for f in fields(self) if f.name not in ("layer_labels", "lens")}
+        meta = {"format": _FORMAT, "layer_labels": json.dumps(list(self.layer_labels)), "lens": self.lens}
+        return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Readout":
+        """Read a read-out written by `save` (GltError if missing, corrupt or not a read-out)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise GltError(f"read-out {path} does not exist: check the path")
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise GltError(f"read-out {path} is corrupted or truncated ({str(e)[:120]}): delete it "
+                           "and compute it again") from e
+        if meta.get("format") != _FORMAT:
+            raise GltError(f"{path} is not a glt read-out (format {meta.get('format')!r}, expected "
+                           f"{_FORMAT!r}): pass a file written by Readout.save()")
+        with malformed(path, "read-out", "delete it and compute it again"):
+            labels = tuple(str(x) for x in json.loads(meta["layer_labels"]))
+            r = cls(layer_labels=labels, lens=meta["lens"], **{
+                f.name: tensors[f.name] for f in fields(cls) if f.name not in ("layer_labels", "lens")})
+            n_layer, (n_row, n_target) = len(labels), r.targets.shape
+            for name, v in tensors.items():
+                want = (n_row,) if name in _PER_ROW else (n_layer, n_row)
+                want += (n_target,) if name in ("ranks", "target_logprobs") else ()
+                if tuple(v.shape[: len(want)]) != want:
+                    raise ValueError(f"{name} has shape {tuple(v.shape)}, expected {want} + ...")
+            return r
 
     def to_dataframe(self) -> Any:
         """Long table: one row per (layer, row, target) with rank, logprob, entropy and KL."""

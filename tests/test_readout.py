@@ -7,6 +7,7 @@ here measures time (speed lives in benchmarks/bench_readout.py).
 """
 
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -372,6 +373,43 @@ def test_concat_checks_offsets_and_keeps_order():
     assert torch.equal(both.batch_index[r.n_rows:], r.batch_index + 3)
     assert torch.equal(both.ranks[:, r.n_rows:], r.ranks)
 
+
+
+def test_save_and_load_round_trip_every_field_exactly(tmp_path):
+    stack, lens = synthetic()
+    r = glt.readout(stack, lens, top_k=3, positions="last")
+    back = glt.Readout.load(r.save(tmp_path / "sub" / "r.safetensors"))
+    for f in fields(glt.Readout):
+        got, want = getattr(back, f.name), getattr(r, f.name)
+        if isinstance(want, torch.Tensor):
+            assert got.dtype == want.dtype and torch.equal(got, want), f.name
+        else:
+            assert got == want, f.name
+    assert not list(tmp_path.glob("sub/.*.tmp"))  # the atomic write left no temporary file
+
+
+def test_load_refuses_missing_corrupt_foreign_and_inconsistent_files(tmp_path):
+    from safetensors.torch import save_file
+
+    stack, lens = synthetic()
+    r = glt.readout(stack, lens)
+    with pytest.raises(glt.GltError, match="does not exist"):
+        glt.Readout.load(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(r.save(tmp_path / "r.safetensors").read_bytes()[:100])
+    with pytest.raises(glt.GltError, match="corrupted or truncated"):
+        glt.Readout.load(bad)
+    save_file({"x": torch.zeros(2)}, str(bad))
+    with pytest.raises(glt.GltError, match="not a glt read-out.*Readout.save"):
+        glt.Readout.load(bad)
+    tensors = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("layer_labels", "lens")}
+    meta = {"format": "glt.Readout/1", "layer_labels": '["embed", "final"]', "lens": "logit"}
+    save_file(tensors, str(bad), metadata=meta)  # two labels for four layers
+    with pytest.raises(glt.GltError, match=r"read-out .* is malformed.*has shape \(4, \d+\), expected \(2, \d+\)"):
+        glt.Readout.load(bad)
+    save_file({k: v for k, v in tensors.items() if k != "entropy"}, str(bad), metadata=meta)
+    with pytest.raises(glt.GltError, match="malformed.*entropy"):
+        glt.Readout.load(bad)
 
 # ----------------------------------------------------------------------------- integration
 @pytest.mark.integration
