@@ -81,9 +81,10 @@ def layer_indices(
 ) -> tuple[int, ...]:
     """A non-empty list of layer indices in ``[0, last]`` as ints, or GltError naming ``name``.
 
-    Elements may be any integer type (Python, NumPy, 0-d integer tensors: ``operator.index``);
-    floats, strings and bools are refused rather than truncated. With ``increasing`` the indices
-    must also be distinct and sorted.
+    Elements may be Python ints or, where the caller's annotation admits them, NumPy integers
+    and 0-d integer tensors (``operator.index``); floats, strings and bools (Python, NumPy or
+    tensor) are refused rather than truncated. With ``increasing`` the indices must also be
+    distinct and sorted.
 
     Example:
         >>> layer_indices(range(2, 5), name="layers", last=4, increasing=True)
@@ -109,6 +110,6 @@ def layer_indices(
 
 
 def _index(x: Any) -> int:
-    if isinstance(x, bool):
+    if isinstance(x, bool) or str(getattr(x, "dtype", "")) in ("bool", "torch.bool"):
         raise TypeError("a bool is not a layer index")
     return operator.index(x)

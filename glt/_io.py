@@ -112,9 +112,11 @@ def read_result(
         3
     """
     data = read_json(path, what)
-    got = data.get(key) if isinstance(data, dict) else type(data).__name__
-    if got != fmt:
-        raise GltError(f"{path} is not a glt {what} ({key} {got!r}, expected {fmt!r}): "
+    if not isinstance(data, dict):
+        raise GltError(f"{path} is not a glt {what} (it holds a JSON {type(data).__name__}, not an "
+                       "object): pass a file written by its .save()")
+    if data.get(key) != fmt:
+        raise GltError(f"{path} is not a glt {what} ({key} {data.get(key)!r}, expected {fmt!r}): "
                        "pass a file written by its .save()")
     with malformed(path, what, fix):
         yield data

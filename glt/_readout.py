@@ -44,6 +44,7 @@ __all__ = ["Readout", "readout", "select_rows"]
 
 _FORMAT = "glt.Readout/1"
 _PER_ROW = ("batch_index", "pos_index", "input_ids", "targets")
+_INTEGER = (*_PER_ROW, "ranks", "topk_ids")
 _CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
 _CPU_TILE_ROWS = 640  # layer * rows per tile on CPU
 
@@ -63,6 +64,8 @@ class Readout:
         entropy: ``[layer, row]`` entropy of the layer's distribution, in nats.
         kl_to_final: ``[layer, row]`` KL(final || layer), in nats.
         lens: the lens's name (``logit`` or ``tuned``).
+
+    `save` writes one safetensors file and `load` reads it back exactly.
     """
 
     layer_labels: tuple[str, ...]
@@ -134,7 +137,8 @@ class Readout:
 
         path = Path(path)
         if not path.is_file():
-            raise GltError(f"read-out {path} does not exist: check the path")
+            state = "is not a file" if path.exists() else "does not exist"
+            raise GltError(f"read-out {path} {state}: check the path")
         try:
             with safe_open(str(path), "pt") as fh:
                 meta = fh.metadata() or {}
@@ -147,15 +151,19 @@ class Readout:
                            f"{_FORMAT!r}): pass a file written by Readout.save()")
         with malformed(path, "read-out", "delete it and compute it again"):
             labels = tuple(str(x) for x in json.loads(meta["layer_labels"]))
-            r = cls(layer_labels=labels, lens=meta["lens"], **{
-                f.name: tensors[f.name] for f in fields(cls) if f.name not in ("layer_labels", "lens")})
-            n_layer, (n_row, n_target) = len(labels), r.targets.shape
-            for name, v in tensors.items():
+            kw = {f.name: tensors[f.name] for f in fields(cls) if f.name not in ("layer_labels", "lens")}
+            n_layer, (n_row, n_target) = len(labels), kw["targets"].shape
+            for name, v in kw.items():
                 want = (n_row,) if name in _PER_ROW else (n_layer, n_row)
                 want += (n_target,) if name in ("ranks", "target_logprobs") else ()
                 if tuple(v.shape[: len(want)]) != want:
                     raise ValueError(f"{name} has shape {tuple(v.shape)}, expected {want} + ...")
-            return r
+                if not (v.dtype == torch.int64 if name in _INTEGER else v.is_floating_point()):
+                    raise TypeError(f"{name} is {v.dtype}, expected {'int64' if name in _INTEGER else 'a float'}")
+            if kw["topk_ids"].shape != kw["topk_logprobs"].shape:
+                raise ValueError(f"topk_ids {tuple(kw['topk_ids'].shape)} and topk_logprobs "
+                                 f"{tuple(kw['topk_logprobs'].shape)} differ in shape")
+            return cls(layer_labels=labels, lens=meta["lens"], **kw)
 
     def to_dataframe(self) -> Any:
         """Long table: one row per (layer, row, target) with rank, logprob, entropy and KL."""

@@ -46,7 +46,8 @@ def test_layer_indices_accept_any_integer_type(value, want):
     assert got == want and all(type(x) is int for x in got)
 
 
-@pytest.mark.parametrize("value", [[], [5], [-1], [1.0], [1.5], ["1"], "12", 3, [True], None])
+@pytest.mark.parametrize("value", [[], [5], [-1], [1.0], [1.5], ["1"], "12", 3, [True], None,
+                                   [np.bool_(True)], [torch.tensor(True)], [torch.tensor(1.0)]])
 def test_layer_indices_refuse_what_is_not_an_index(value):
     with pytest.raises(glt.GltError, match=r"exit_layers must be residual indices in \[0, 4\], got"):
         layer_indices(value, name="exit_layers", last=4)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import glt
+from glt._study_specs import TextReadout
 
 
 def _stack(model, **kw):
@@ -115,6 +116,7 @@ LOADERS = [  # every saved result: (loader, its format key and value, what the m
     (glt.EarlyExitResult.load, "format", "glt.EarlyExitResult", "early-exit result"),
     (glt.PatchingResult.load, "format", "glt.PatchingResult", "patching result"),
     (glt.LensEvaluation.load, "kind", "glt.LensEvaluation", "lens evaluation"),
+    (TextReadout.load, "format", "glt.TextReadout", "text read-out"),
 ]
 
 

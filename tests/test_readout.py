@@ -6,6 +6,7 @@ ties from duplicated unembedding rows and near-ties below float32 resolution); f
 here measures time (speed lives in benchmarks/bench_readout.py).
 """
 
+import json
 import math
 from dataclasses import fields
 
@@ -405,11 +406,20 @@ def test_load_refuses_missing_corrupt_foreign_and_inconsistent_files(tmp_path):
     tensors = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("layer_labels", "lens")}
     meta = {"format": "glt.Readout/1", "layer_labels": '["embed", "final"]', "lens": "logit"}
     save_file(tensors, str(bad), metadata=meta)  # two labels for four layers
-    with pytest.raises(glt.GltError, match=r"read-out .* is malformed.*has shape \(4, \d+\), expected \(2, \d+\)"):
+    with pytest.raises(glt.GltError, match=r"read-out .* is malformed.*ranks has shape \(4, 10, 1\), expected \(2, 10, 1\)"):
         glt.Readout.load(bad)
     save_file({k: v for k, v in tensors.items() if k != "entropy"}, str(bad), metadata=meta)
     with pytest.raises(glt.GltError, match="malformed.*entropy"):
         glt.Readout.load(bad)
+    meta["layer_labels"] = json.dumps(list(r.layer_labels))
+    save_file({**tensors, "ranks": r.ranks.float()}, str(bad), metadata=meta)
+    with pytest.raises(glt.GltError, match="malformed.*ranks is torch.float32, expected int64"):
+        glt.Readout.load(bad)
+    save_file({**tensors, "topk_logprobs": r.topk_logprobs[..., :0].contiguous()}, str(bad), metadata=meta)
+    with pytest.raises(glt.GltError, match="malformed.*topk_ids .* and topk_logprobs .* differ"):
+        glt.Readout.load(bad)
+    with pytest.raises(glt.GltError, match="is not a file"):
+        glt.Readout.load(tmp_path)
 
 # ----------------------------------------------------------------------------- integration
 @pytest.mark.integration
