@@ -24,7 +24,8 @@ from glt._guess_refine import run_guess_then_refine
 from glt._lens import LogitLens, Unembed
 from glt._lens_eval import LensEvaluation, evaluate_lens
 from glt._lens_lstsq import fit_least_squares
-from glt._mc_data import MCExample, MCPrompt, format_mc_prompt, load_mc_dataset
+from glt._mc_data import MCExample, load_mc_dataset
+from glt._mc_prompts import MCPrompt, format_mc_prompt
 from glt._mc_result import MultipleChoiceResult
 from glt._models import cache_dir, load_model
 from glt._multiple_choice import run_multiple_choice

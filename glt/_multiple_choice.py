@@ -34,15 +34,12 @@ from glt._errors import GltError
 from glt._mc_data import (
     MC_TASKS,
     MCExample,
-    MCPrompt,
-    check_permute_symbols,
-    control_prompts,
     example_from_row,
-    format_mc_prompt,
     load_mc_dataset,
     mmlu_shots,
     split_binary_shots,
 )
+from glt._mc_prompts import MCPrompt, check_permute_symbols, control_prompts, format_mc_prompt
 from glt._mc_result import MultipleChoiceResult
 from glt._models import model_name
 from glt._readout import readout

@@ -191,7 +191,8 @@ def _mc_head(res: Any) -> list[tuple[str, str]]:
 def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
     import random
 
-    from glt._mc_data import format_mc_prompt, load_mc_dataset, mmlu_shots, split_binary_shots
+    from glt._mc_data import load_mc_dataset, mmlu_shots, split_binary_shots
+    from glt._mc_prompts import format_mc_prompt
     from glt._patching import patch_layers
 
     cfg = ctx.config

@@ -25,7 +25,8 @@ from glt._frequency import TokenFrequency
 from glt._guess_refine import run_guess_then_refine
 from glt._lens_eval import evaluate_lens
 from glt._lens_lstsq import fit_least_squares
-from glt._mc_data import MCExample, MCPrompt, control_prompts
+from glt._mc_data import MCExample
+from glt._mc_prompts import MCPrompt, control_prompts
 from glt._multiple_choice import run_multiple_choice
 from glt._patching import patch_layers
 from glt._pos import run_pos_study

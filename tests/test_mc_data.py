@@ -11,15 +11,17 @@ import glt._mc_data as mcd
 from glt import GltError
 from glt._mc_data import (
     MCExample,
+    example_from_row,
+    load_mc_dataset,
+    mmlu_shots,
+    split_binary_shots,
+)
+from glt._mc_prompts import (
     MCPrompt,
     control_prompts,
     derangement,
-    example_from_row,
     format_mc_prompt,
-    load_mc_dataset,
-    mmlu_shots,
     permute_example,
-    split_binary_shots,
 )
 
 Q = MCExample("What is 2 + 2?", ("3", "4", "5", "22"), 1, "math", "q")

@@ -9,7 +9,8 @@ import torch
 import glt
 import glt._mc_data as mcd
 from glt import GltError
-from glt._mc_data import MCExample, MCPrompt
+from glt._mc_data import MCExample
+from glt._mc_prompts import MCPrompt
 from glt._mc_result import MultipleChoiceResult
 from glt._multiple_choice import run_multiple_choice
 

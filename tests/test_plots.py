@@ -321,7 +321,7 @@ def test_fact_plots_equal_curves(facts, outcome):
 
 @pytest.fixture(scope="module")
 def mc(tiny_llama):
-    from glt._mc_data import MCPrompt
+    from glt._mc_prompts import MCPrompt
     from glt._multiple_choice import run_multiple_choice
 
     items = [MCPrompt(f"the capital of {w} is", ("paris", "city", "river"), ("paris", "city", "river"), i % 3,

@@ -47,7 +47,7 @@ from glt._facts import FactRecallResult
 from glt._frequency import TokenFrequency
 from glt._gtr_result import GuessRefineResult
 from glt._io import atomic_write_bytes, read_json, write_json
-from glt._mc_data import MCPrompt
+from glt._mc_prompts import MCPrompt
 from glt._mc_result import MultipleChoiceResult
 from glt._onsets import K_GRID, OnsetCurve
 from glt._patching import PatchingResult

@@ -34,7 +34,7 @@ from glt._frequency import TokenFrequency
 from glt._gtr_result import GuessRefineResult
 from glt._guess_refine import run_guess_then_refine
 from glt._lens_eval import LensEvaluation, evaluate_lens
-from glt._mc_data import MCPrompt
+from glt._mc_prompts import MCPrompt
 from glt._mc_result import MultipleChoiceResult
 from glt._multiple_choice import run_multiple_choice
 from glt._patching import PatchingResult, patch_layers
