@@ -15,7 +15,8 @@ from glt._corpus import wikipedia_paragraphs
 from glt._distributed import sharded_readout
 from glt._early_exit import EarlyExitResult, early_exit
 from glt._errors import GltError
-from glt._fact_data import Fact, load_facts, read_counterfact, read_mquake
+from glt._fact_data import Fact, load_facts
+from glt._fact_files import read_counterfact, read_mquake
 from glt._fact_result import FactRecallResult
 from glt._facts import run_fact_recall
 from glt._frequency import TokenFrequency, load_frequency

