@@ -36,14 +36,17 @@ def fit_least_squares(
     """Fit every translator in closed form so that ``h_l + A_l h_l + b_l`` predicts ``h_final``.
 
     Weighted ridge regression per layer (rows weighted by ``1 / mean(h_final^2)``; ridge
-    ``ridge * trace(X^T W X) / d_model`` on ``A`` only); BOS positions are skipped. Under
-    ``torch.distributed`` each rank reads its share of the texts and the statistics are summed.
+    ``ridge * trace(X^T W X) / d_model`` on ``A`` only); BOS positions are skipped. The rows
+    are the first ``max_tokens`` read positions in sequence order. Under ``torch.distributed``
+    those same rows are dealt over the ranks (whole sequences, round-robin) and the statistics
+    summed, so every world size fits the same rows and gives the same lens up to float64
+    summation order.
 
     Args:
         model: the TransformerLens model.
         texts: texts or token-id sequences.
         lens: lens to fill (default: a new `TunedLens` for ``model``).
-        max_tokens: stop after this many read positions (over all ranks, approximately).
+        max_tokens: use the first this many read positions (all when None).
         ridge: relative ridge strength.
         seq_len, batch_size: sequence cut and forward batch size.
         progress: show a tqdm bar.
@@ -58,18 +61,21 @@ def fit_least_squares(
         seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
     else:
         seqs, bos = [list(map(int, s)) for s in texts], getattr(model.tokenizer, "bos_token_id", -1)
+    bos = bos if bos is not None else -1
     rank, world = rank_and_world()
-    seqs = seqs[rank::world]
+    seqs, caps = _rank_share(seqs, bos, max_tokens, rank, world)
     L, d = lens.n_layers, lens.d_model
     xtx = torch.zeros(L, d + 1, d + 1, dtype=torch.float64)
     xty = torch.zeros(L, d + 1, d, dtype=torch.float64)
     seen = 0
-    limit = None if max_tokens is None else math.ceil(max_tokens / world)
-    bar = tqdm(total=limit, desc="least squares", unit="tok", disable=not progress or rank != 0)
-    for stack in iter_residuals(model, seqs, batch_size=batch_size):
-        b, p = read_rows(stack.tokens, stack.mask, bos if bos is not None else -1)
-        if limit is not None:
-            b, p = b[: limit - seen], p[: limit - seen]
+    bar = tqdm(total=int(caps.sum()), desc="least squares", unit="tok", disable=not progress or rank != 0)
+    stacks = iter_residuals(model, seqs, batch_size=batch_size) if seqs else []  # a rank may get none
+    for i, stack in enumerate(stacks):
+        b, p = read_rows(stack.tokens, stack.mask, bos)
+        n = torch.bincount(b, minlength=stack.tokens.shape[0])
+        ordinal = torch.arange(len(b)) - (n.cumsum(0) - n)[b]  # row number within its sequence
+        keep = ordinal < caps[i * batch_size + b]
+        b, p = b[keep], p[keep]
         if len(b) == 0:
             continue
         h = stack.resid[:, b, p].double()  # [layer, row, d]
@@ -79,8 +85,6 @@ def fit_least_squares(
         xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - h[:-1])
         seen += len(b)
         bar.update(len(b))
-        if limit is not None and seen >= limit:
-            break
     bar.close()
     all_reduce_sum(xtx)
     all_reduce_sum(xty)
@@ -108,3 +112,22 @@ def fit_least_squares(
         lens.bias.copy_(theta[:, d].float())
     lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"}
     return lens
+
+
+def _rank_share(
+    seqs: list[list[int]], bos: int, max_tokens: int | None, rank: int, world: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """This rank's sequences and how many read rows of each it uses.
+
+    One process would read the first ``max_tokens`` non-BOS positions in sequence order; those
+    sequences (the last one possibly cut short) are dealt round-robin over the ranks.
+    """
+    caps: list[int] = []
+    left = math.inf if max_tokens is None else max_tokens
+    for s in seqs:
+        if left <= 0:
+            break
+        caps.append(int(min(left, sum(1 for t in s if t != bos))))
+        left -= caps[-1]
+    mine = range(rank, len(caps), world)
+    return [seqs[i] for i in mine], torch.tensor([caps[i] for i in mine], dtype=torch.long)

@@ -409,3 +409,20 @@ def test_validation_positions_are_spread_over_texts(tiny_llama):
         pick = p[torch.linspace(0, len(p) - 1, min(VAL_PER_SEQ, len(p))).round().long()]
         want.append(st.resid[:, 0, pick])
     assert torch.allclose(h, torch.cat(want, 1)[:, :20].float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+@pytest.mark.parametrize("max_tokens", [None, 0, 5, 11, 1000])
+def test_least_squares_rows_are_one_process_rows_dealt_over_ranks(world, max_tokens):
+    from glt._lens_lstsq import _rank_share
+
+    seqs = [[9, 1, 2, 3], [9, 4], [9, 5, 6, 7, 8], [9], [9, 1, 1]]  # 9 = BOS, not a read row
+    rows = [(i, j) for i, s in enumerate(seqs) for j, t in enumerate(s) if t != 9]
+    want = rows if max_tokens is None else rows[:max_tokens]
+    got = []
+    for rank in range(world):
+        mine, caps = _rank_share(seqs, 9, max_tokens, rank, world)
+        for s, cap in zip(mine, caps.tolist(), strict=True):
+            i = next(k for k in range(rank, len(seqs), world) if seqs[k] is s)
+            got += [(i, j) for j, t in enumerate(s) if t != 9][:cap]
+    assert sorted(got) == want
