@@ -172,20 +172,22 @@ def summarize(ev: LensEvaluation) -> dict[str, Any]:
 
 
 def finish_training(
-    model: Any, lens: Any, ls_lens: Any, heldout_texts: Sequence[str] | None, out: Any, *,
-    eval_rows: int, seed: int, rank: int, progress: bool,
+    model: Any, lens: Any, baseline: tuple[str, Any] | None, heldout_texts: Sequence[str] | None,
+    out: Any, *, eval_rows: int, seed: int, rank: int, progress: bool,
 ) -> LensEvaluation | None:
-    """Evaluate a freshly trained lens on held-out text (tuned vs logit vs least squares) and save.
+    """Evaluate a freshly trained lens on held-out text and save it with the evaluation.
 
-    Rank 0 does the work; ``out/eval.json`` holds the full evaluation beside the lens.
+    The evaluation compares ``logit``, the ``baseline`` ``(name, lens)`` KL training started
+    from (``least_squares`` for a fresh lens, ``start`` when training continued a given lens)
+    and ``tuned``. Rank 0 does the work; ``out/eval.json`` holds it beside the lens.
     """
     from glt._lens import LogitLens
 
     ev = None
     if rank == 0 and heldout_texts is not None:
         lenses = {"logit": LogitLens(lens.unembed, lens.n_layers)}
-        if ls_lens is not None:
-            lenses["least_squares"] = ls_lens
+        if baseline is not None:
+            lenses[baseline[0]] = baseline[1]
         lenses["tuned"] = lens
         ev = evaluate_lens(model, lenses, heldout_texts, max_rows=eval_rows, seed=seed,
                            data_name=f"{len(heldout_texts)} held-out texts", progress=progress)

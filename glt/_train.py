@@ -155,8 +155,9 @@ def train_tuned_lens(
             ``optimizer="linesearch"`` a larger ``max_tokens`` extends a finished run).
         callback: ``callback(step, tokens_seen, lens)`` after each step (rank 0 only).
         heldout_texts: texts not used in training: the lens is evaluated on ``eval_rows`` of
-            their positions (per-layer KL to final and next-token cross-entropy, tuned vs logit
-            vs the least-squares start when there is one); the summary goes into
+            their positions (per-layer KL to final and next-token cross-entropy of ``logit``,
+            ``tuned`` and the lens KL training started from: ``least_squares`` after a
+            least-squares fit, ``start`` when ``init`` is a lens); the summary goes into
             ``lens.config["heldout"]`` and the full `glt.LensEvaluation` into ``out/eval.json``.
         out: folder to save the lens into (atomically) when done (rank 0 only).
         data_name: provenance string recorded in the lens config.
@@ -222,14 +223,16 @@ def train_tuned_lens(
         ls_seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()]
         fit_least_squares(model, ls_seqs, lens=lens, max_tokens=least_squares_tokens, ridge=ridge,
                           batch_size=batch_size, progress=progress)
+    # the held-out comparison's baseline: the lens KL training starts from, named for what it is
+    baseline = "start" if start_lens is not None else "least_squares" if lens.config.get("least_squares") else None
     if checkpoint_dir and state is None:
         save_checkpoint(checkpoint_dir, fp, lens, opt, 0, history, rank)
-        if lens.config.get("least_squares"):  # kept for the held-out comparison after a resume
-            save_tensors(Path(checkpoint_dir) / "least_squares.safetensors",
+        if baseline:  # kept for the held-out comparison after a resume
+            save_tensors(Path(checkpoint_dir) / _START_FILE,
                          {"weight": lens.weight.detach().clone(), "bias": lens.bias.detach().clone()}, rank)
-    ls_lens = None
-    if heldout_texts is not None and lens.config.get("least_squares"):
-        ls_lens = _least_squares_start(lens, checkpoint_dir if state is not None else None)
+    start_copy = None
+    if heldout_texts is not None and baseline:
+        start_copy = _start_copy(lens, checkpoint_dir if state is not None else None)
     W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
     search = None
     if optimizer == "linesearch":
@@ -299,19 +302,22 @@ def train_tuned_lens(
     if heldout_texts is not None or out is not None:
         from glt._lens_eval import finish_training
 
-        finish_training(model, lens, ls_lens, heldout_texts, out, eval_rows=eval_rows, seed=seed,
-                        rank=rank, progress=progress)
+        finish_training(model, lens, (baseline, start_copy) if start_copy is not None else None,
+                        heldout_texts, out, eval_rows=eval_rows, seed=seed, rank=rank, progress=progress)
     return lens
 
 
-def _least_squares_start(lens: TunedLens, resumed_from: Any) -> TunedLens | None:
-    """The least-squares start for the held-out comparison: the lens now, or the saved copy."""
+_START_FILE = "start.safetensors"
+
+
+def _start_copy(lens: TunedLens, resumed_from: Any) -> TunedLens | None:
+    """The start of KL training for the held-out comparison: the lens now, or the saved copy."""
     from glt._tuned_lens import _fill, _read_params
 
     start = TunedLens(lens.unembed, lens.n_layers, {})
     if resumed_from is None:
         return _fill(start, lens.weight.detach(), lens.bias.detach(), Path("<memory>"))
-    f = Path(resumed_from) / "least_squares.safetensors"
+    f = Path(resumed_from) / _START_FILE
     if not f.is_file():
         return None
     p = _read_params(f)

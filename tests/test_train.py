@@ -313,6 +313,17 @@ def test_heldout_evaluation_is_written_beside_the_lens(tiny_llama, tmp_path):
     assert torch.equal(load_lens(tmp_path / "lens", tiny_llama).weight, lens.weight)
 
 
+def test_continued_training_compares_against_its_start_lens_by_that_name(tiny_llama, tmp_path):
+    start = train_tuned_lens(tiny_llama, TRAIN, **dict(FAST, max_tokens=100))
+    lens = train_tuned_lens(tiny_llama, TRAIN, init=start, heldout_texts=HELD, eval_rows=30, seed=2,
+                            out=tmp_path / "lens", **dict(FAST, max_tokens=200))
+    ev = LensEvaluation.load(tmp_path / "lens" / "eval.json")
+    assert ev.lenses == ("logit", "start", "tuned")  # the start is a trained lens, not least squares
+    want = glt.evaluate_lens(tiny_llama, {"start": start}, HELD, max_rows=30, seed=2, progress=False)
+    torch.testing.assert_close(ev.kl[1], want.kl[0])
+    assert not torch.equal(lens.weight, start.weight)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def _cli(argv):
     from glt._cli_lens import register, run
