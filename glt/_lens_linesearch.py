@@ -21,9 +21,12 @@ Validation KL is computed in the unembedding's own precision (float32 for float3
 when training tiles are bfloat16: at the deep layers the accepted gains are a few thousandths of
 a nat, the size of bfloat16 tile error. ``layers`` restricts the search to some translators (the
 others are neither evaluated nor changed). The validation positions come from many texts, a
-few each (`glt._lens_data.VAL_PER_SEQ`).
+few each (`glt._lens_data.VAL_PER_SEQ`). With ``row_weight`` (the frequency-reweighted objective)
+the validation KL, its improvements and their standard error are weighted the same way as the
+training gradient, so step sizes are chosen for the objective being trained.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,27 +44,36 @@ class LineSearch:
     """Per-layer line search state over fixed validation residuals ``h_val [layer, row, d_model]``.
 
     ``layers`` (translator indices, increasing) restricts the search; None searches all.
+    ``row_weight(top1) -> [row]`` weights each validation position by its final top-1 token
+    (normalised to mean 1); None weighs them equally.
     """
 
     def __init__(self, lens: Any, h_val: Float[Tensor, "layer row d_model"], W: Tensor, *,
-                 start: float = 0.01, tile: int = 8192, layers: Tensor | None = None) -> None:
+                 start: float = 0.01, tile: int = 8192, layers: Tensor | None = None,
+                 row_weight: Callable[[Tensor], Tensor] | None = None) -> None:
         self.lens, self.W, self.tile = lens, W, tile
         self.sel = torch.arange(lens.n_layers) if layers is None else layers
         self.head = h_val[:-1][self.sel].float()  # [selected layer, row, d_model]
         self.final = h_val[-1].float()
         self.m = self.head.pow(2).mean(1) + 1e-6  # input second moments per selected layer
         self.centre = torch.full((len(self.sel),), float(start))
-        self.f0 = self.val_kl(lens.weight.detach()[self.sel], lens.bias.detach()[self.sel])
+        self.f0, top1 = self.val_kl(lens.weight.detach()[self.sel], lens.bias.detach()[self.sel],
+                                    return_top1=True)
+        w = torch.ones(self.final.shape[0]) if row_weight is None else row_weight(top1).float()
+        self.w = w / w.mean()  # [row], mean 1
 
-    def val_kl(self, weight: Tensor, bias: Tensor) -> Float[Tensor, "layer row"]:
-        """Validation KL per selected layer and position for their translators ``(weight, bias)``."""
+    def val_kl(self, weight: Tensor, bias: Tensor, return_top1: bool = False) -> Any:
+        """Validation KL ``[layer, row]`` of the selected translators ``(weight, bias)``.
+
+        With ``return_top1`` also the final distribution's top-1 token per position.
+        """
         head = self.head
         moved = head + torch.einsum("lri,loi->lro", head, weight) + bias[:, None]
         u = self.lens.unembed
         with torch.no_grad():
-            kl, _ = tiled_kl_ce(u, u.normalize(moved), u.normalize(self.final), W=self.W,
-                                compute_dtype=self.W.dtype, tile=self.tile)
-        return kl
+            out = tiled_kl_ce(u, u.normalize(moved), u.normalize(self.final), W=self.W,
+                              compute_dtype=self.W.dtype, tile=self.tile, return_top1=return_top1)
+        return (out[0], out[2]) if return_top1 else out[0]
 
     def step(self, g_weight: Tensor, g_bias: Tensor) -> dict[str, Any]:
         """Update ``lens`` in place from the mean KL gradients; returns what was chosen."""
@@ -81,7 +93,7 @@ class LineSearch:
                 eta = self.centre * k
                 trials.append(self.val_kl(w0 + eta[:, None, None] * d_w, b0 + eta[:, None] * d_b))
             f = torch.stack([self.f0] + trials)  # [1 + candidates, layer, row]
-            gain = self.f0[None] - f
+            gain = (self.f0[None] - f) * self.w  # weighted like the training objective
             n = gain.shape[-1]
             se = gain.std(-1) / max(n, 2) ** 0.5 if n > 1 else torch.zeros_like(gain[..., 0])
             score = gain.mean(-1) - se  # [1 + candidates, layer]; candidate 0 scores 0
@@ -93,4 +105,4 @@ class LineSearch:
             self.f0 = f[best, torch.arange(f.shape[1])]
             # move the centre toward the winner; shrink it when no candidate helped
             self.centre = torch.where(best == 0, self.centre / 3, eta.clamp_min(1e-6))
-        return {"step_sizes": eta.tolist(), "val_kl": self.f0.mean(-1).tolist()}
+        return {"step_sizes": eta.tolist(), "val_kl": (self.f0 * self.w).mean(-1).tolist()}

@@ -21,7 +21,9 @@ Pieces:
 * ``frequency_counts`` / ``frequency_alpha`` (the paper's control, whose exact scheme is
   unpublished): each read position's KL is weighted by ``(1 + count[t])^-alpha`` with ``t`` the
   final layer's top-1 token, so with ``alpha = 1`` a position predicting a 1000x more frequent
-  token (such as "the") weighs ~1000x less; the loss is the weighted mean.
+  token (such as "the") weighs ~1000x less; the loss is the weighted mean, and the line search
+  judges its step sizes by the same weighted mean on its validation positions. Counts come from
+  any corpus, e.g. ``glt.load_frequency("default").counts`` (the default model's table).
 
 Why the defaults differ from the recipe (measured on the default model, Gemma 3 270M, whose
 residual norms grow from ~30 to ~4e4 with depth): from the least-squares start, two recipe SGD
@@ -146,7 +148,8 @@ def train_tuned_lens(
         lr, momentum, weight_decay, grad_clip: the recipe (``lr`` before the ``1 - momentum``
             factor is applied for SGD).
         frequency_counts, frequency_alpha: the frequency-reweighted objective (counts per token
-            id, ``[d_vocab]``); None trains the plain objective.
+            id, ``[d_vocab]``, e.g. ``glt.load_frequency(...).counts``); None trains the plain
+            objective.
         row_chunk, vocab_tile, compute_dtype: memory/speed knobs (bfloat16 tiles are ~3x faster
             on CPUs with AVX512-BF16).
         seed: fixes the data order; the same seed gives the same lens.
@@ -236,8 +239,9 @@ def train_tuned_lens(
     W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
     search = None
     if optimizer == "linesearch":
+        weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, frequency_alpha))
         search = LineSearch(lens, validation_residuals(model, val_seqs, bos, val_rows, batch_size),
-                            lens.unembed.W, tile=vocab_tile, layers=sel)
+                            lens.unembed.W, tile=vocab_tile, layers=sel, row_weight=weigh)
         if state is not None and "search" in state:
             search.centre = torch.tensor(state["search"]["centre"])
     norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]

@@ -274,6 +274,30 @@ def test_uniform_counts_give_the_plain_lens_and_skewed_counts_change_it(tiny_lla
     assert "count[final top-1]" in down.config["training"]["frequency_weighting"]
 
 
+
+def test_line_search_validates_with_the_same_frequency_weights(tiny_llama):
+    from glt._lens_linesearch import LineSearch
+
+    ls = dict(FAST, optimizer="linesearch", val_rows=24)
+    plain = train_tuned_lens(tiny_llama, TRAIN, seed=3, **ls)
+    flat = train_tuned_lens(tiny_llama, TRAIN, seed=3, frequency_counts=torch.full((101,), 5.0), **ls)
+    torch.testing.assert_close(flat.weight, plain.weight, rtol=1e-4, atol=1e-5)
+    skew = torch.zeros(101)
+    skew[:40] = 1e6
+    down = train_tuned_lens(tiny_llama, TRAIN, seed=3, frequency_counts=skew, **ls)
+    assert down.config["training"]["history"][0]["val_kl"] != plain.config["training"]["history"][0]["val_kl"]
+    # the validation weights are the objective's: (1 + count[final top-1])^-alpha, mean 1
+    lens = TunedLens.from_model(tiny_llama)
+    seqs, bos = plan_sequences(tiny_llama, TRAIN[:6])
+    stack = glt.capture_residuals(tiny_llama, seqs)
+    b, p = read_rows(stack.tokens, stack.mask, bos)
+    h = stack.resid[:, b, p]
+    search = LineSearch(lens, h, lens.unembed.W, row_weight=lambda t: _row_weights(t, skew, 0.5))
+    top1 = lens.unembed(h[-1]).argmax(-1)
+    want = _row_weights(top1, skew, 0.5)
+    torch.testing.assert_close(search.w, want / want.mean())
+    assert torch.equal(LineSearch(lens, h, lens.unembed.W).w, torch.ones(len(b)))
+
 # --------------------------------------------------------------------------------- evaluation
 def test_evaluate_lens_matches_readout_and_model_loss(tiny_llama, trained):
     ev = evaluate_lens(tiny_llama, {"logit": LogitLens.from_model(tiny_llama), "tuned": trained}, HELD, progress=False)
