@@ -261,6 +261,25 @@ def test_export_rejects_logit_lens(tiny_llama, tmp_path):
         export_tuned_lens(LogitLens.from_model(tiny_llama), tmp_path / "x")
 
 
+def test_shipped_report_claims_hold_in_its_heldout_evaluation():
+    """The shipped lens's eval.json backs the report: tuned below least squares at every layer
+    (paired, by more than 3 standard errors) and below the logit lens at every layer but the last."""
+    from glt._lens_eval import LensEvaluation
+    from glt._tuned_lens import _default_path
+
+    folder = _default_path()
+    ev = LensEvaluation.load(folder / "eval.json")
+    assert ev.lenses == ("logit", "least_squares", "tuned") and ev.n_rows >= 1024
+    kl = dict(zip(ev.lenses, ev.kl, strict=True))
+    diff = (kl["tuned"] - kl["least_squares"])[:-1].double()  # [layer, row]; the final layer is 0
+    se = diff.std(-1) / diff.shape[-1] ** 0.5
+    assert bool((diff.mean(-1) < -3 * se).all()), diff.mean(-1) / se
+    assert bool((kl["tuned"][:-1].mean(-1) < kl["logit"][:-1].mean(-1)).all())
+    heldout = json.loads((folder / "config.json").read_text())["heldout"]
+    for i, name in enumerate(ev.lenses):  # the config's summary is this evaluation's
+        torch.testing.assert_close(torch.tensor(heldout["kl_mean"][name]), ev.kl[i].mean(-1))
+
+
 @pytest.mark.integration
 def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
     from glt._corpus import wikipedia_paragraphs
