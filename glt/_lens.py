@@ -92,13 +92,19 @@ class Unembed(nn.Module):
         x = self.normalize(h)
         return self.logits_of_normed(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
-    def fingerprint(self) -> str:
-        """A cheap hash of the unembedding (shape and a strided sample), to match lenses to models."""
+    def fingerprint(self, *, legacy: bool = False) -> str:
+        """A cheap hash of the unembedding (shape and a strided sample), to match lenses to models.
+
+        The sample is rounded to bfloat16 first, so the same weights loaded in float32 or
+        bfloat16 hash alike (float16 rounds differently: load such lenses with
+        ``allow_mismatch=True``). ``legacy`` gives the hash of glt <= 0.1.0 lenses (sample
+        rounded to 4 decimals), which `glt.load_lens` still accepts.
+        """
         W = self.W
         flat = W.reshape(-1)
         step = max(1, flat.numel() // 4096)
         sample = flat[::step][:4096].detach().float().cpu()
-        sample = torch.round(sample * 1e4) / 1e4
+        sample = torch.round(sample * 1e4) / 1e4 if legacy else sample.to(torch.bfloat16).float()
         h = hashlib.sha256(f"{tuple(W.shape)}".encode())
         h.update(sample.numpy().tobytes())
         return h.hexdigest()[:16]

@@ -188,7 +188,7 @@ def _check_fit(cfg: dict[str, Any], model: Any, unembed: Unembed, where: Path, a
             )
     want = cfg.get("unembed_hash")
     have_hash = unembed.fingerprint()
-    if want and want != have_hash:
+    if want and want not in (have_hash, unembed.fingerprint(legacy=True)):
         msg = (
             f"lens {where} was trained with unembedding hash {want} ({cfg.get('model_name')}) but "
             f"the model's is {have_hash}"

@@ -52,6 +52,9 @@ def test_softcap_is_applied(tiny_root):
     model = load_tiny("gemma3", tiny_root)
     lens = glt.LogitLens.from_model(model)
     assert lens.unembed.softcap == 30.0
-    x = torch.randn(4, lens.d_model) * 50
+    x = torch.randn(4, lens.d_model, generator=torch.Generator().manual_seed(0)) * 50
     z = lens.unembed.logits_of_normed(x)
-    assert float(z.abs().max()) < 30.0
+    raw = x @ lens.unembed.W.T + (0 if lens.unembed.b is None else lens.unembed.b)
+    assert float(raw.abs().max()) > 60  # the cap matters here
+    torch.testing.assert_close(z, 30.0 * torch.tanh(raw / 30.0))
+    assert float(z.abs().max()) <= 30.0  # tanh saturates to exactly 30 in float32 for large logits

@@ -9,7 +9,7 @@ import torch
 
 import glt
 from glt._capture import tokenize
-from glt._lens import LogitLens
+from glt._lens import LogitLens, Unembed
 from glt._tuned_lens import TunedLens, export_tuned_lens, import_tuned_lens, load_lens
 
 TEXTS = ["the capital of france is paris", "she was in the city and he was not", "they had a river"]
@@ -142,6 +142,27 @@ def test_mismatched_model_raises_and_hash_override_warns(tiny_llama, tiny_root, 
     with pytest.warns(UserWarning, match="allow_mismatch=True"):
         lens = load_lens(tmp_path / "lens", gpt2, allow_mismatch=True)
     assert lens.unembed.fingerprint() == glt.LogitLens.from_model(gpt2).unembed.fingerprint()
+
+
+def test_lens_loads_on_the_same_model_in_bfloat16_and_with_a_legacy_hash(tiny_root, tmp_path):
+    import warnings
+
+    from conftest import make_tiny_folder
+
+    folder = str(make_tiny_folder("llama", tiny_root))
+    f32, bf16 = glt.load_model(folder), glt.load_model(folder, dtype=torch.bfloat16)
+    u32, u16 = Unembed.from_model(f32), Unembed.from_model(bf16)
+    assert u16.W.dtype == torch.bfloat16 and u32.fingerprint() == u16.fingerprint()
+    assert u32.fingerprint(legacy=True) != u16.fingerprint(legacy=True)  # why the hash changed
+    _random_lens(f32).save(tmp_path / "lens")
+    cfg_file = tmp_path / "lens" / "config.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither load may warn about a mismatch
+        load_lens(tmp_path / "lens", bf16)
+        cfg = json.loads(cfg_file.read_text())
+        cfg["unembed_hash"] = u32.fingerprint(legacy=True)  # a lens saved by glt 0.1.0
+        cfg_file.write_text(json.dumps(cfg))
+        load_lens(tmp_path / "lens", f32)
 
 
 @pytest.mark.parametrize("key,value,match", [("d_model", 640, "d_model=640"), ("n_layers", 18, "n_layers=18")])
@@ -297,6 +318,8 @@ def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
     kl_t, kl_l = tuned.kl_to_final.mean(1), logit.kl_to_final.mean(1)
     assert bool((kl_t[:-1] < kl_l[:-1]).all()), (kl_t, kl_l)
     assert torch.equal(tuned.top1[-1], logit.top1[-1])
+    bf16 = glt.load_model(dtype=torch.bfloat16)  # the shipped lens fits the model in bfloat16 too
+    assert load_lens("default", bf16).unembed.W.dtype == torch.bfloat16
 
 
 def test_load_lens_without_model_loads_the_named_model(tiny_root, tmp_path):
