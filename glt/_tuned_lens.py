@@ -243,7 +243,9 @@ def load_lens(
         path_or_name: ``"default"`` or a folder path.
         model: the model the lens decodes; None loads the model named in ``config.json``.
         allow_mismatch: accept a lens whose unembedding fingerprint differs from the model's
-            (warns). Different ``d_model`` or ``n_layers`` always raise.
+            (warns). The fingerprint is taken at bfloat16 precision, so the same model in
+            float32 or bfloat16 matches without it; float16 or re-quantised weights need it.
+            Different ``d_model`` or ``n_layers`` always raise.
 
     Raises:
         GltError: missing, corrupted or inconsistent files, or a lens for another model.
