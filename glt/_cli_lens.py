@@ -14,6 +14,7 @@ Examples::
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "train":
         import torch
 
+        from glt._distributed import torchrun_group
         from glt._train import train_tuned_lens
 
         texts = read_texts(args.texts, args.corpus)
@@ -154,19 +156,21 @@ def run(args: argparse.Namespace) -> int:
         if args.heldout_texts or args.heldout_corpus:
             held = read_texts(args.heldout_texts, args.heldout_corpus)
         init = args.init if args.init in ("least_squares", "zero") else load_lens(args.init, model)
-        lens = train_tuned_lens(
-            model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens,
-            tokens_per_step=args.tokens_per_step,
-            least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
-            val_rows=args.val_rows,
-            weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-            compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-            frequency_counts=_counts(args.frequency_counts), frequency_alpha=args.frequency_alpha,
-            heldout_texts=held, eval_rows=args.eval_rows, out=args.out,
-            data_name=args.corpus or args.texts, progress=not args.no_progress,
-        )
-        print(f"saved tuned lens to {args.out} ({lens.config['training']['tokens_trained']} tokens)")
-        _print_heldout(lens.config.get("heldout"))
+        with torchrun_group():  # under torchrun: data-parallel over the ranks (gloo)
+            lens = train_tuned_lens(
+                model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens,
+                tokens_per_step=args.tokens_per_step,
+                least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
+                val_rows=args.val_rows,
+                weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+                compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+                frequency_counts=_counts(args.frequency_counts), frequency_alpha=args.frequency_alpha,
+                heldout_texts=held, eval_rows=args.eval_rows, out=args.out,
+                data_name=args.corpus or args.texts, progress=not args.no_progress,
+            )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"saved tuned lens to {args.out} ({lens.config['training']['tokens_trained']} tokens)")
+            _print_heldout(lens.config.get("heldout"))
         return 0
     if cmd == "eval":
         from glt._lens_eval import evaluate_lens, summarize

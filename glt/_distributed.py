@@ -18,7 +18,9 @@ Example:
     >>> # r = glt.sharded_readout(model, texts, batch_size=8)   # same Readout on every rank
 """
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch.distributed as dist
@@ -28,7 +30,7 @@ from glt._capture import ResidualStack, iter_residuals
 from glt._errors import GltError
 from glt._readout import Readout, readout
 
-__all__ = ["all_gather_list", "rank_and_world", "shard_range", "sharded_readout"]
+__all__ = ["all_gather_list", "rank_and_world", "shard_range", "sharded_readout", "torchrun_group"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -36,6 +38,25 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextmanager
+def torchrun_group() -> Iterator[None]:
+    """Join the gloo process group that ``torchrun`` describes (``WORLD_SIZE > 1``) while inside.
+
+    A no-op in one process or when a group is already initialised. On success the ranks leave
+    together (``barrier``, then ``destroy_process_group``); after an error the group is only
+    destroyed, since the other ranks may never reach a barrier. Used by ``glt lens train``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

@@ -95,8 +95,9 @@ def test_inspect_text_validates():
         inspect_text("", model=None, lens=None)
 
 
-def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "glt._cli", "--help"], capture_output=True, text=True)
+@pytest.mark.parametrize("module", ["glt", "glt._cli"])
+def test_module_entry_point_help(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "inspect" in out.stdout and "study" in out.stdout
 
 

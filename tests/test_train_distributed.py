@@ -67,3 +67,42 @@ def test_two_process_gloo_training_equals_one_process(tiny_root, tmp_path, optim
     ]
     torch.testing.assert_close(ddp.weight, single.weight.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ddp.bias, single.bias.detach(), rtol=1e-4, atol=1e-5)
+
+
+CLI_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from glt._cli import main
+
+    rc = main(sys.argv[1:])  # glt lens train: joins torchrun's group itself
+    print(f"rank {os.environ['RANK']} finished with {rc}", flush=True)
+    os._exit(rc)  # skip interpreter shutdown, as the other workers do
+    """
+)
+
+
+@pytest.mark.distributed
+def test_glt_lens_train_under_torchrun_equals_one_process(tiny_root, tmp_path):
+    from glt._cli_lens import read_texts
+
+    folder = make_tiny_folder("llama", tiny_root)
+    (tmp_path / "train.txt").write_text("\n\n".join(TRAIN))
+    script = tmp_path / "cli_worker.py"
+    script.write_text(CLI_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "lens", "train", "--model", str(folder), "--texts", str(tmp_path / "train.txt"), "--out",
+           str(tmp_path / "ddp"), "--max-tokens", "300", "--tokens-per-step", "100", "--least-squares-tokens",
+           "151", "--seed", "4", "--optimizer", "sgd", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "rank 0 finished with 0" in done.stdout and "rank 1 finished with 0" in done.stdout
+    assert done.stdout.count("saved tuned lens") == 1  # rank 0 reports
+    model = glt.load_model(str(folder))
+    single = train_tuned_lens(model, read_texts(str(tmp_path / "train.txt"), None), progress=False,
+                              max_tokens=300, tokens_per_step=100, least_squares_tokens=151, seed=4,
+                              optimizer="sgd")
+    ddp = load_lens(tmp_path / "ddp", model)
+    assert ddp.config["training"]["world_size"] == 2
+    torch.testing.assert_close(ddp.weight, single.weight.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ddp.bias, single.bias.detach(), rtol=1e-4, atol=1e-5)
