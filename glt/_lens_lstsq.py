@@ -8,15 +8,17 @@ also the baseline a KL-trained lens must beat (the shipped lens's report compare
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from glt._capture import iter_residuals
 from glt._distributed import all_reduce_sum, rank_and_world
 from glt._errors import GltError
 from glt._lens_data import plan_sequences, read_rows
+from glt._lens_loss import final_stats
 from glt._tuned_lens import TunedLens
 
 __all__ = ["fit_least_squares"]
@@ -31,6 +33,7 @@ def fit_least_squares(
     ridge: float = 1e-4,
     seq_len: int = 256,
     batch_size: int = 8,
+    row_weight: Callable[[Tensor], Tensor] | None = None,
     progress: bool = True,
 ) -> TunedLens:
     """Fit every translator in closed form so that ``h_l + A_l h_l + b_l`` predicts ``h_final``.
@@ -49,6 +52,9 @@ def fit_least_squares(
         max_tokens: use the first this many read positions (all when None).
         ridge: relative ridge strength.
         seq_len, batch_size: sequence cut and forward batch size.
+        row_weight: ``f(top1) -> [row]`` multiplies each row's weight by a function of the final
+            layer's top-1 token (the frequency-reweighted objective of `glt.train_tuned_lens`);
+            None leaves the rows unweighted by token.
         progress: show a tqdm bar.
 
     Example:
@@ -80,6 +86,9 @@ def fit_least_squares(
             continue
         h = stack.resid[:, b, p].double()  # [layer, row, d]
         w = 1.0 / h[-1].pow(2).mean(-1)
+        if row_weight is not None:
+            top1 = final_stats(lens.unembed, lens.unembed.normalize(h[-1].float()))[4]
+            w = w * row_weight(top1).double()
         X = torch.cat([h[:-1], torch.ones(L, len(b), 1, dtype=torch.float64)], -1)
         xtx += torch.einsum("lri,lrj->lij", X * w[None, :, None], X)
         xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - h[:-1])
@@ -110,7 +119,8 @@ def fit_least_squares(
     with torch.no_grad():
         lens.weight.copy_(theta[:, :d].transpose(-1, -2).float())
         lens.bias.copy_(theta[:, d].float())
-    lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"}
+    lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"
+                                    + ("" if row_weight is None else " * frequency weight of the final top-1")}
     return lens
 
 

@@ -22,7 +22,8 @@ Pieces:
   unpublished): each read position's KL is weighted by ``(1 + count[t])^-alpha`` with ``t`` the
   final layer's top-1 token, so with ``alpha = 1`` a position predicting a 1000x more frequent
   token (such as "the") weighs ~1000x less; the loss is the weighted mean, and the line search
-  judges its step sizes by the same weighted mean on its validation positions. Counts come from
+  judges its step sizes by the same weighted mean on its validation positions (and the
+  least-squares start weights its rows the same way). Counts come from
   any corpus, e.g. ``glt.load_frequency("default").counts`` (the default model's table).
 
 Why the defaults differ from the recipe (measured on the default model, Gemma 3 270M, whose
@@ -200,6 +201,7 @@ def train_tuned_lens(
         lens.config.update({k: v for k, v in start_lens.config.items() if k == "least_squares"})
         init = "lens:" + hashlib.sha256(start_lens.weight.detach().numpy().tobytes()).hexdigest()[:12]
     counts = _check_counts(frequency_counts, lens.unembed.d_vocab)
+    weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, frequency_alpha))
     seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
     val_seqs: list[list[int]] = []
     if optimizer == "linesearch":  # validation rows for the step sizes, held out of training
@@ -228,7 +230,7 @@ def train_tuned_lens(
     elif init == "least_squares" and least_squares_tokens > 0:
         ls_seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()]
         fit_least_squares(model, ls_seqs, lens=lens, max_tokens=least_squares_tokens, ridge=ridge,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, row_weight=weigh, progress=progress)
     # the held-out comparison's baseline: the lens KL training starts from, named for what it is
     baseline = "start" if start_lens is not None else "least_squares" if lens.config.get("least_squares") else None
     if checkpoint_dir and state is None:
@@ -242,7 +244,6 @@ def train_tuned_lens(
     W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
     search = None
     if optimizer == "linesearch":
-        weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, frequency_alpha))
         search = LineSearch(lens, validation_residuals(model, val_seqs, bos, val_rows, batch_size),
                             lens.unembed.W, tile=vocab_tile, layers=sel, row_weight=weigh)
         if state is not None and "search" in state:

@@ -97,14 +97,20 @@ def test_backward_keeps_no_vocab_sized_tensor():
 
 
 # ---------------------------------------------------------------------------- least squares
-def test_least_squares_solves_the_weighted_ridge_normal_equations(tiny_llama):
+@pytest.mark.parametrize("by_token", [False, True])
+def test_least_squares_solves_the_weighted_ridge_normal_equations(tiny_llama, by_token):
     ridge = 1e-3
-    lens = fit_least_squares(tiny_llama, TRAIN, ridge=ridge, progress=False)
+    counts = torch.arange(101, dtype=torch.float32) ** 2
+    row_weight = (lambda top1: _row_weights(top1, counts, 0.5)) if by_token else None
+    lens = fit_least_squares(tiny_llama, TRAIN, ridge=ridge, row_weight=row_weight, progress=False)
     seqs, bos = plan_sequences(tiny_llama, TRAIN)
     stack = glt.capture_residuals(tiny_llama, seqs)
     b, p = read_rows(stack.tokens, stack.mask, bos)
     h = stack.resid[:, b, p].double()
     w = 1.0 / h[-1].pow(2).mean(-1)
+    if by_token:  # (1 + count[final top-1])^-alpha on top of the scale weight
+        w = w * (1 + counts[lens.unembed(h[-1].float()).argmax(-1)].double()) ** -0.5
+        assert "frequency" in lens.config["least_squares"]["row_weight"]
     for layer in range(3):
         X = torch.cat([h[layer], torch.ones(len(b), 1, dtype=torch.float64)], -1)
         Y = h[-1] - h[layer]
