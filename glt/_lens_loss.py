@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["final_stats", "tiled_kl", "tiled_kl_ce"]
+__all__ = ["final_stats", "tiled_kl", "tiled_kl_ce", "tiled_top1"]
 
 _TILE = 8192
 
@@ -39,6 +39,25 @@ def _logits(unembed: Any, W: Tensor, x: Tensor, a: int, b: int) -> tuple[Tensor,
         return z, None
     t = torch.tanh(z / unembed.softcap)
     return t * unembed.softcap, 1.0 - t * t
+
+
+def tiled_top1(unembed: Any, xf: Float[Tensor, "row d_model"], tile: int = _TILE) -> Tensor:
+    """Arg-max token of each normalised row's float32 logits (lowest id on ties), by vocabulary tile.
+
+    The soft-cap is strictly increasing, so the pre-cap logits decide (as in `final_stats`, whose
+    ``top1`` this equals up to float32 ties the cap creates).
+    """
+    W, xf = unembed.W, xf.float()
+    best = torch.full(xf.shape[:1], -torch.inf, device=xf.device)
+    top = torch.zeros(xf.shape[:1], dtype=torch.long, device=xf.device)
+    for a in range(0, unembed.d_vocab, tile):
+        z = (xf.to(W.dtype) @ W[a : a + tile].T).float()
+        if unembed.b is not None:
+            z = z + unembed.b[a : a + tile].float()
+        tmax, targ = z.max(-1)
+        top = torch.where(tmax > best, targ + a, top)
+        best = torch.maximum(best, tmax)
+    return top
 
 
 def final_stats(

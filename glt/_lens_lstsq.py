@@ -18,7 +18,7 @@ from glt._capture import iter_residuals
 from glt._distributed import all_reduce_sum, rank_and_world
 from glt._errors import GltError
 from glt._lens_data import plan_sequences, read_rows
-from glt._lens_loss import final_stats
+from glt._lens_loss import tiled_top1
 from glt._tuned_lens import TunedLens
 
 __all__ = ["fit_least_squares"]
@@ -87,7 +87,7 @@ def fit_least_squares(
         h = stack.resid[:, b, p].double()  # [layer, row, d]
         w = 1.0 / h[-1].pow(2).mean(-1)
         if row_weight is not None:
-            top1 = final_stats(lens.unembed, lens.unembed.normalize(h[-1].float()))[4]
+            top1 = tiled_top1(lens.unembed, lens.unembed.normalize(h[-1].float()))
             w = w * row_weight(top1).double()
         X = torch.cat([h[:-1], torch.ones(L, len(b), 1, dtype=torch.float64)], -1)
         xtx += torch.einsum("lri,lrj->lij", X * w[None, :, None], X)

@@ -199,6 +199,9 @@ def train_tuned_lens(
             lens.weight.copy_(start_lens.weight)
             lens.bias.copy_(start_lens.bias)
         lens.config.update({k: v for k, v in start_lens.config.items() if k == "least_squares"})
+        earlier = start_lens.config.get("previous_training", [])  # stages before this one, oldest first
+        lens.config["previous_training"] = earlier + [start_lens.config["training"]] \
+            if "training" in start_lens.config else earlier
         init = "lens:" + hashlib.sha256(start_lens.weight.detach().numpy().tobytes()).hexdigest()[:12]
     counts = _check_counts(frequency_counts, lens.unembed.d_vocab)
     weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, frequency_alpha))

@@ -11,7 +11,7 @@ import glt
 from glt._lens import LogitLens, Unembed
 from glt._lens_data import plan_sequences, plan_steps, read_rows
 from glt._lens_eval import LensEvaluation, evaluate_lens
-from glt._lens_loss import final_stats, tiled_kl_ce
+from glt._lens_loss import final_stats, tiled_kl_ce, tiled_top1
 from glt._lens_lstsq import fit_least_squares
 from glt._train import _row_weights, _step_grads, train_tuned_lens
 from glt._tuned_lens import TunedLens, load_lens
@@ -77,6 +77,14 @@ def test_final_stats_top1_is_lowest_id_among_ties():
     u = Unembed(torch.nn.Identity(), W, None)
     *_, top = final_stats(u, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), tile=4)
     assert top.tolist() == [3, 0]
+    assert tiled_top1(u, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), tile=4).tolist() == [3, 0]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_tiled_top1_is_the_argmax_of_the_logits(bias):
+    u = Unembed(torch.nn.Identity(), torch.randn(16, 1009), torch.randn(1009) if bias else None)
+    x = torch.randn(40, 16)
+    assert torch.equal(tiled_top1(u, x, tile=100), u.logits_of_normed(x).argmax(-1))
 
 
 def test_backward_keeps_no_vocab_sized_tensor():
@@ -349,6 +357,9 @@ def test_continued_training_compares_against_its_start_lens_by_that_name(tiny_ll
                             out=tmp_path / "lens", **dict(FAST, max_tokens=200))
     ev = LensEvaluation.load(tmp_path / "lens" / "eval.json")
     assert ev.lenses == ("logit", "start", "tuned")  # the start is a trained lens, not least squares
+    assert lens.config["previous_training"] == [start.config["training"]]  # earlier stages are kept
+    again = train_tuned_lens(tiny_llama, TRAIN, init=lens, **dict(FAST, max_tokens=100))
+    assert [t["max_tokens"] for t in again.config["previous_training"]] == [100, 200]
     want = glt.evaluate_lens(tiny_llama, {"start": start}, HELD, max_rows=30, seed=2, progress=False)
     torch.testing.assert_close(ev.kl[1], want.kl[0])
     assert not torch.equal(lens.weight, start.weight)
