@@ -93,6 +93,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--val-rows", type=int, default=48, help="line-search validation positions")
     t.add_argument("--lr", type=float, default=1.0)
     t.add_argument("--weight-decay", type=float, default=1e-3)
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (sgd, adam)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--bf16", action="store_true", help="bfloat16 logit tiles (faster on CPUs with AVX512-BF16)")
     t.add_argument("--checkpoint-dir", help="checkpoint here; rerun the same command to resume")
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 tokens_per_step=args.tokens_per_step,
                 least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
                 val_rows=args.val_rows,
-                weight_decay=args.weight_decay, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+                weight_decay=args.weight_decay, momentum=args.momentum, grad_clip=args.grad_clip, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
                 compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
                 frequency_counts=_counts(args.frequency_counts), frequency_alpha=args.frequency_alpha,
                 heldout_texts=held, eval_rows=args.eval_rows, out=args.out,

@@ -45,6 +45,7 @@ group itself: ``torchrun --nproc_per_node 4 -m glt lens train --corpus wikipedia
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -187,6 +188,11 @@ def train_tuned_lens(
     for name, val in (("max_tokens", max_tokens), ("tokens_per_step", tokens_per_step), ("row_chunk", row_chunk)):
         if not isinstance(val, int) or val < (0 if name == "max_tokens" else 1):
             raise GltError(f"{name} must be a positive int, got {val!r}")
+    for name, val, low, high in (("frequency_alpha", frequency_alpha, 0.0, math.inf), ("momentum", momentum, 0.0, 1.0),
+                                 ("grad_clip", grad_clip, 0.0, math.inf), ("lr", lr, 0.0, math.inf),
+                                 ("weight_decay", weight_decay, 0.0, math.inf)):
+        if not (isinstance(val, (int, float)) and not isinstance(val, bool) and low <= val < high):
+            raise GltError(f"{name} must be a number in [{low}, {high}), got {val!r}")
     if not isinstance(texts, Sequence) or isinstance(texts, str) or len(texts) == 0:
         raise GltError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
     rank, world = rank_and_world()

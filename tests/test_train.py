@@ -236,6 +236,12 @@ def test_corrupted_checkpoint_raises(tiny_llama, tmp_path):
     ({"frequency_counts": torch.ones(7)}, "d_vocab=101"),
     ({"frequency_counts": -torch.ones(101)}, "non-negative"),
     ({"seq_len": 1}, "seq_len"),
+    ({"frequency_alpha": -1.0}, r"frequency_alpha must be a number in \[0.0, inf\)"),
+    ({"frequency_alpha": float("nan")}, "frequency_alpha"),
+    ({"momentum": 1.0}, r"momentum must be a number in \[0.0, 1.0\)"),
+    ({"grad_clip": -1.0}, "grad_clip"),
+    ({"lr": float("inf")}, "lr must be"),
+    ({"weight_decay": -0.1}, "weight_decay"),
 ])
 def test_bad_training_arguments_raise(tiny_llama, kwargs, match):
     with pytest.raises(glt.GltError, match=match):
