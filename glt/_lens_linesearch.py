@@ -57,10 +57,13 @@ class LineSearch:
         self.final = h_val[-1].float()
         self.m = self.head.pow(2).mean(1) + 1e-6  # input second moments per selected layer
         self.centre = torch.full((len(self.sel),), float(start))
-        self.f0, top1 = self.val_kl(lens.weight.detach()[self.sel], lens.bias.detach()[self.sel],
-                                    return_top1=True)
-        w = torch.ones(self.final.shape[0]) if row_weight is None else row_weight(top1).float()
-        self.w = w / w.mean()  # [row], mean 1
+        w0, b0 = lens.weight.detach()[self.sel], lens.bias.detach()[self.sel]
+        if row_weight is None:
+            self.f0, self.w = self.val_kl(w0, b0), torch.ones(self.final.shape[0])
+        else:
+            self.f0, top1 = self.val_kl(w0, b0, return_top1=True)
+            w = row_weight(top1).float()
+            self.w = w / w.mean()  # [row], mean 1
 
     def val_kl(self, weight: Tensor, bias: Tensor, return_top1: bool = False) -> Any:
         """Validation KL ``[layer, row]`` of the selected translators ``(weight, bias)``.

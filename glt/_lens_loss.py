@@ -44,17 +44,13 @@ def _logits(unembed: Any, W: Tensor, x: Tensor, a: int, b: int) -> tuple[Tensor,
 def tiled_top1(unembed: Any, xf: Float[Tensor, "row d_model"], tile: int = _TILE) -> Tensor:
     """Arg-max token of each normalised row's float32 logits (lowest id on ties), by vocabulary tile.
 
-    The soft-cap is strictly increasing, so the pre-cap logits decide (as in `final_stats`, whose
-    ``top1`` this equals up to float32 ties the cap creates).
+    The same logits and tie rule as `final_stats`'s ``top1``, without its expectations.
     """
-    W, xf = unembed.W, xf.float()
+    xf = xf.float()
     best = torch.full(xf.shape[:1], -torch.inf, device=xf.device)
     top = torch.zeros(xf.shape[:1], dtype=torch.long, device=xf.device)
     for a in range(0, unembed.d_vocab, tile):
-        z = (xf.to(W.dtype) @ W[a : a + tile].T).float()
-        if unembed.b is not None:
-            z = z + unembed.b[a : a + tile].float()
-        tmax, targ = z.max(-1)
+        tmax, targ = _logits(unembed, unembed.W, xf, a, a + tile)[0].max(-1)
         top = torch.where(tmax > best, targ + a, top)
         best = torch.maximum(best, tmax)
     return top

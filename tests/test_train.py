@@ -80,11 +80,13 @@ def test_final_stats_top1_is_lowest_id_among_ties():
     assert tiled_top1(u, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), tile=4).tolist() == [3, 0]
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_tiled_top1_is_the_argmax_of_the_logits(bias):
-    u = Unembed(torch.nn.Identity(), torch.randn(16, 1009), torch.randn(1009) if bias else None)
+@pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (True, 3.0)])
+def test_tiled_top1_is_the_argmax_of_the_logits(bias, softcap):
+    u = Unembed(torch.nn.Identity(), torch.randn(16, 1009), torch.randn(1009) if bias else None, softcap)
     x = torch.randn(40, 16)
-    assert torch.equal(tiled_top1(u, x, tile=100), u.logits_of_normed(x).argmax(-1))
+    top = tiled_top1(u, x, tile=100)
+    assert torch.equal(top, u.logits_of_normed(x).argmax(-1))
+    assert torch.equal(top, final_stats(u, x, tile=100)[4])  # the weights of the KL steps use this one
 
 
 def test_backward_keeps_no_vocab_sized_tensor():
