@@ -63,8 +63,8 @@ def _run_pipeline(model, lens, texts: list[str], pipeline: str, batch_size: int)
     import torch
 
     import glt
-    from glt._frequency import TokenFrequency
-    from glt._guess_refine import run_guess_then_refine
+    from glt.data._frequency import TokenFrequency
+    from glt.studies.guess_then_refine._run import run_guess_then_refine
 
     if pipeline == "gtr":
         freq = TokenFrequency.from_counts(torch.arange(lens.unembed.d_vocab) % 97 + 1)

@@ -42,8 +42,8 @@ from types import SimpleNamespace
 import torch
 
 import glt
-from glt._capture import ResidualStack, layer_labels
-from glt._lens import LogitLens, Unembed
+from glt.core._capture import ResidualStack, layer_labels
+from glt.lenses._logit import LogitLens, Unembed
 
 SHAPES = {  # n_layers, d_model, d_vocab
     "gemma3-270m": (18, 640, 262144),

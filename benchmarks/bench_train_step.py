@@ -1,6 +1,6 @@
 """Benchmark the tuned-lens training step (tiled KL, forward + backward) against its GEMM roofline.
 
-One step's loss is `glt._lens_loss.tiled_kl_ce` over every layer's lens residuals: per vocabulary
+One step's loss is `glt.lenses.fit._loss.tiled_kl_ce` over every layer's lens residuals: per vocabulary
 tile it multiplies ``[layer * tokens, d_model] @ [d_model, tile]`` (the logits) and accumulates
 ``probabilities @ W_tile`` (the gradient's expectation) in the same pass, so its work is two GEMMs
 of the read-out's shape; the backward is a multiplication by a saved ``[layer, tokens, d_model]``
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_readout import _pin_malloc, peak_extra_memory, setup_model  # noqa: E402
 
-from glt._lens_loss import tiled_kl_ce  # noqa: E402
+from glt.lenses.fit._loss import tiled_kl_ce  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import glt
-from glt._corpus import WIKI_SOURCE, wikipedia_paragraphs
-from glt._frequency import TokenFrequency
+from glt.data._frequency import TokenFrequency
+from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 
 OUT = Path(__file__).resolve().parents[1] / "glt" / "assets" / "frequency" / "default"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import glt
-from glt._corpus import wikipedia_paragraphs
-from glt._io import write_json
+from glt.core._io import write_json
+from glt.data._wikipedia import wikipedia_paragraphs
 
 
 def main() -> int:

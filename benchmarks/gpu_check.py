@@ -158,7 +158,7 @@ def bench(shape: str, p, deadline: float) -> None:
                  tb=traceback.format_exc()[-1500:])
     fused.BLOCK, (fused.NUM_WARPS, fused.NUM_STAGES) = CONFIGS[0][:3], CONFIGS[0][3:]
     try:  # the main launch alone (no host-side folding): how much the rest costs
-        from glt._readout_triton import fused_block_stats
+        from glt.decoding._triton_kernel import fused_block_stats
 
         u = p.lens.unembed
         with torch.no_grad():

@@ -4,7 +4,7 @@
     python benchmarks/train_default_lens.py kl     --work W --name N [--init ls|zero] [--lr 1.0]
     python benchmarks/train_default_lens.py report --work W --name N   # held-out eval -> assets
 
-Data: ``glt._corpus.wikipedia_paragraphs("train")`` for training, ``"heldout"`` (other articles)
+Data: ``glt.data._wikipedia.wikipedia_paragraphs("train")`` for training, ``"heldout"`` (other articles)
 for every evaluation. The ``kl`` phase checkpoints into ``W/N.ckpt`` (resumes when rerun) and
 records a tokens-to-KL curve (bfloat16 KL on a fixed 48-position held-out probe) in
 ``W/N.curve.json``. Every phase is deterministic under ``--seed``.
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 import glt
-from glt._cli_lens import parse_layers
-from glt._corpus import WIKI_SOURCE, wikipedia_paragraphs
-from glt._io import write_json
-from glt._lens_data import plan_sequences, read_rows
-from glt._lens_loss import tiled_kl_ce
-from glt._lens_lstsq import fit_least_squares
-from glt._train import train_tuned_lens
-from glt._tuned_lens import TunedLens, load_lens
+from glt.cli._lens import parse_layers
+from glt.core._io import write_json
+from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
+from glt.lenses._tuned import TunedLens, load_lens
+from glt.lenses.fit._data import plan_sequences, read_rows
+from glt.lenses.fit._least_squares import fit_least_squares
+from glt.lenses.fit._loss import tiled_kl_ce
+from glt.lenses.fit._train import train_tuned_lens
 
 PROBE_ROWS = 48
 RUN_LABELS = {
@@ -64,7 +64,7 @@ def probe_kl(lens, h: torch.Tensor, W: torch.Tensor) -> list[float]:
 
 def report(model, args, t0: float) -> int:
     """Held-out float32 evaluation of logit / least-squares / tuned; lens + report into --out."""
-    from glt._lens_eval import evaluate_lens, summarize
+    from glt.lenses.fit._evaluate import evaluate_lens, summarize
 
     ls = load_lens(args.work / "ls", model)
     tuned = load_lens(args.work / args.name, model)
@@ -118,8 +118,8 @@ def _settings(tr: dict) -> dict:
 
 def render(args) -> int:
     """Re-render report.md (and the settings) from the saved report.json / eval.json in --out."""
-    from glt._io import atomic_write_text
-    from glt._lens_eval import LensEvaluation
+    from glt.core._io import atomic_write_text
+    from glt.lenses.fit._evaluate import LensEvaluation
 
     info = json.loads((args.out / "report.json").read_text())
     write_json(args.out / "report.json", info)
@@ -148,7 +148,7 @@ def render_markdown(info: dict, ev) -> str:
         "gives a somewhat different first stage.",
         "- Line search: diagonally preconditioned KL gradient, per-layer step sizes accepted on "
         "validation positions held out of the training texts only when they beat one standard error "
-        "(see glt/_lens_linesearch.py).",
+        "(see glt/lenses/fit/_line_search.py).",
         "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
         "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2`, "
         "then `... kl --name tuned_deep --init tuned_gated --layers 11-17 --optimizer linesearch --val-rows 512 "

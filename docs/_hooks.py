@@ -44,7 +44,7 @@ def _add(files: Files, config, src_uri: str, *, path: Path | None = None, conten
 def _cli_page() -> str:
     import argparse
 
-    from glt._cli import build_parser
+    from glt.cli._main import build_parser
 
     parser = build_parser()
     parts = [

@@ -10,63 +10,73 @@ studies (`run_guess_then_refine`, `run_pos_study`, `run_fact_recall`, `run_multi
 `early_exit`, `patch_layers`) -> onsets and aggregation -> plots (`plot_*`) -> `glt study`.
 """
 
-from glt._capture import ResidualStack, capture_residuals, iter_residuals, tokenize
-from glt._corpus import wikipedia_paragraphs
-from glt._distributed import sharded_readout
-from glt._early_exit import EarlyExitResult, early_exit
-from glt._errors import GltError
-from glt._fact_data import Fact, load_facts
-from glt._fact_files import read_counterfact, read_mquake
-from glt._fact_result import FactRecallResult
-from glt._facts import run_fact_recall
-from glt._frequency import TokenFrequency, load_frequency
-from glt._gtr_result import GuessRefineResult
-from glt._guess_refine import run_guess_then_refine
-from glt._lens import LogitLens, Unembed
-from glt._lens_eval import LensEvaluation, evaluate_lens
-from glt._lens_lstsq import fit_least_squares
-from glt._mc_data import MCExample, load_mc_dataset
-from glt._mc_prompts import MCPrompt, format_mc_prompt
-from glt._mc_result import MultipleChoiceResult
-from glt._models import cache_dir, load_model
-from glt._multiple_choice import run_multiple_choice
-from glt._onsets import (
+from glt._version import __version__ as __version__
+from glt.core import (
+    GltError,
+    ResidualStack,
+    cache_dir,
+    capture_residuals,
+    iter_residuals,
+    load_model,
+    tokenize,
+)
+from glt.data import TokenFrequency, load_frequency, wikipedia_paragraphs
+from glt.decoding import (
     K_GRID,
     OnsetCurve,
     Onsets,
+    Readout,
     aggregate_onsets,
     compute_onsets,
     first_crossing,
+    readout,
+    sharded_readout,
     stable_onset,
     topk_churn,
 )
-from glt._patching import patch_layers
-from glt._patching_result import PatchingResult
-from glt._plots import plot_onset_curves, plot_rank_curves, plot_side_by_side, plot_token_heatmap
-from glt._plots_gtr import (
-    plot_bucket_share,
+from glt.lenses import (
+    LogitLens,
+    TunedLens,
+    Unembed,
+    export_tuned_lens,
+    import_tuned_lens,
+    load_lens,
+)
+from glt.lenses.fit import LensEvaluation, evaluate_lens, fit_least_squares, train_tuned_lens
+from glt.pipeline import run_study
+from glt.plotting import plot_onset_curves, plot_rank_curves, plot_side_by_side, plot_token_heatmap
+from glt.studies.early_exit import EarlyExitResult, early_exit, plot_early_exit
+from glt.studies.fact_recall import (
+    Fact,
+    FactRecallResult,
+    load_facts,
     plot_fact_onsets,
     plot_fact_ranks,
+    read_counterfact,
+    read_mquake,
+    run_fact_recall,
+)
+from glt.studies.guess_then_refine import (
+    GuessRefineResult,
+    plot_bucket_share,
     plot_flip_rate,
     plot_flip_split,
-    plot_pos_onsets,
-    plot_pos_ranks,
     plot_rank_by_bucket,
+    run_guess_then_refine,
 )
-from glt._plots_studies import (
-    plot_early_exit,
+from glt.studies.multiple_choice import (
+    MCExample,
+    MCPrompt,
+    MultipleChoiceResult,
+    format_mc_prompt,
+    load_mc_dataset,
     plot_mc_decision,
     plot_mc_format,
     plot_multiple_choice,
-    plot_patching,
+    run_multiple_choice,
 )
-from glt._pos import PosResult, run_pos_study
-from glt._readout import Readout, readout
-from glt._study import run_study
-from glt._train import train_tuned_lens
-from glt._tuned_lens import TunedLens, export_tuned_lens, import_tuned_lens, load_lens
-
-__version__ = "0.1.0"
+from glt.studies.part_of_speech import PosResult, plot_pos_onsets, plot_pos_ranks, run_pos_study
+from glt.studies.patching import PatchingResult, patch_layers, plot_patching
 
 __all__ = [
     "EarlyExitResult",
@@ -140,17 +150,3 @@ __all__ = [
     "wikipedia_paragraphs",
 ]
 
-
-def _check_public_functions() -> None:
-    """Wrap every public function so a wrongly typed argument raises GltError (see glt._check)."""
-    import inspect
-
-    from glt._check import checked
-
-    namespace = globals()
-    for name in __all__:
-        if inspect.isfunction(namespace[name]):
-            namespace[name] = checked(namespace[name])
-
-
-_check_public_functions()

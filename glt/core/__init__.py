@@ -1,0 +1,84 @@
+"""Core: errors, argument checks, atomic I/O, model loading, residual capture, process groups.
+
+Everything else in glt builds on this subpackage; it imports nothing from the rest of glt.
+"""
+
+from glt.core._capture import (
+    ResidualStack as ResidualStack,
+)
+from glt.core._capture import (
+    capture_residuals as capture_residuals,
+)
+from glt.core._capture import (
+    iter_residuals as iter_residuals,
+)
+from glt.core._capture import (
+    tokenize as tokenize,
+)
+from glt.core._check import (
+    checked as checked,
+)
+from glt.core._check import (
+    layer_indices as layer_indices,
+)
+from glt.core._distributed import (
+    all_gather_list as all_gather_list,
+)
+from glt.core._distributed import (
+    rank_and_world as rank_and_world,
+)
+from glt.core._distributed import (
+    shard_range as shard_range,
+)
+from glt.core._distributed import (
+    torchrun_group as torchrun_group,
+)
+from glt.core._errors import (
+    GltError as GltError,
+)
+from glt.core._io import (
+    atomic_write_bytes as atomic_write_bytes,
+)
+from glt.core._io import (
+    atomic_write_text as atomic_write_text,
+)
+from glt.core._io import (
+    read_json as read_json,
+)
+from glt.core._io import (
+    write_json as write_json,
+)
+from glt.core._meter import (
+    Meter as Meter,
+)
+from glt.core._models import (
+    cache_dir as cache_dir,
+)
+from glt.core._models import (
+    load_model as load_model,
+)
+from glt.core._models import (
+    model_name as model_name,
+)
+
+__all__ = [
+    "all_gather_list",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "capture_residuals",
+    "checked",
+    "GltError",
+    "iter_residuals",
+    "layer_indices",
+    "load_model",
+    "Meter",
+    "model_name",
+    "rank_and_world",
+    "read_json",
+    "ResidualStack",
+    "shard_range",
+    "tokenize",
+    "torchrun_group",
+    "write_json",
+]

@@ -1,0 +1,48 @@
+"""Provenance of a ``glt study`` run: the machine and packages, the model, lenses and data used."""
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+
+from glt._version import __version__
+from glt.core._models import model_name
+
+__all__ = ["environment", "provenance"]
+
+
+def environment() -> dict[str, Any]:
+    """Provenance of the machine and packages (for the report)."""
+    try:
+        tl = version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover - metadata missing
+        tl = "?"
+    return {
+        "glt": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "transformer_lens": tl, "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _short(v: Any, n: int = 300) -> Any:
+    text = v if isinstance(v, str) else repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def provenance(ctx: Any) -> dict[str, Any]:
+    m = ctx.model
+    prov: dict[str, Any] = {
+        "model": model_name(m), "model_argument": ctx.config.model, "n_layers": int(m.cfg.n_layers),
+        "d_model": int(m.cfg.d_model), "d_vocab": int(m.cfg.d_vocab), "n_ctx": int(m.cfg.n_ctx),
+    }
+    for name, lens in ctx._lenses.items():
+        cfg = lens.full_config() if hasattr(lens, "full_config") else {}
+        keep = {k: _short(cfg[k]) for k in ("model_name", "training", "least_squares", "data", "steps",
+                                            "seed", "unembed_hash", "glt_version") if k in cfg}
+        if name == "tuned":
+            keep["folder"] = str(ctx.config.lens_path or "shipped default (glt/assets/lenses/default)")
+        prov[f"{name} lens"] = keep or "the model's own final norm and unembedding"
+    if ctx._freq is not None:
+        prov["frequency table"] = f"{ctx._freq.corpus} ({ctx._freq.n_texts} texts, tokenizer {ctx._freq.tokenizer})"
+    return prov

@@ -1,0 +1,155 @@
+"""``glt study`` stages built on guess-then-refine (and early exit, which reuses its read-out),
+plus fact recall.
+
+Early exit needs per-position top-1 tokens and probabilities at every layer: the
+guess-then-refine result keeps exactly those, so the early-exit stage converts it back into a
+`glt.Readout` instead of reading the model again. If the guess-then-refine stage did not run (or
+failed), the early-exit stage runs it itself with the same arguments, so the result is the same.
+"""
+
+import warnings
+from typing import Any
+
+import torch
+
+from glt.core._capture import tokenize
+from glt.data._frequency import DEFAULT_EDGES, EXCLUDED, bucket_labels
+from glt.data._wikipedia import WIKI_SOURCE
+from glt.decoding._readout import Readout
+from glt.pipeline._context import StudyContext
+from glt.pipeline._stages import Stage, StudySpec, fmt, pct
+from glt.plotting._curves import plot_side_by_side
+from glt.studies.early_exit import EarlyExitResult, plot_early_exit
+from glt.studies.early_exit._run import early_exit
+from glt.studies.guess_then_refine import GuessRefineResult
+from glt.studies.guess_then_refine._plots import (
+    plot_bucket_share,
+    plot_flip_rate,
+    plot_flip_split,
+    plot_rank_by_bucket,
+)
+from glt.studies.guess_then_refine._run import run_guess_then_refine
+
+__all__ = ["early_exit_spec", "gtr_readout", "guess_then_refine_spec"]
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    return fmt(x, digits)
+
+
+def _gtr(ctx: StudyContext, lens_name: str) -> Any:
+    cfg = ctx.config
+    ids = [x[: cfg.gtr_max_tokens] for x in _tokens(ctx, cfg.gtr_texts)]
+    return run_guess_then_refine(
+        ctx.model, ctx.lens(lens_name), ids, frequency=ctx.frequency(), max_positions=None,
+        batch_size=cfg.batch_size, seed=cfg.seed, progress=ctx.progress,
+        source=f"{WIKI_SOURCE}; {cfg.text_split} split, first {cfg.gtr_max_tokens} tokens of "
+        f"{cfg.gtr_texts} paragraphs, every position a prefix")
+
+
+def _tokens(ctx: StudyContext, n: int) -> list[list[int]]:
+    with warnings.catch_warnings():  # the caller keeps only the first tokens anyway
+        warnings.filterwarnings("ignore", message=".*truncated from")
+        return tokenize(ctx.model, ctx.wiki_texts(n), truncate=True)
+
+
+def _run_gtr(ctx: StudyContext, stage: Stage) -> Any:
+    return _gtr(ctx, stage.lens)
+
+
+def _gtr_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    out = {}
+    for s, res in results.items():
+        out[f"bucket_share_{s.lens}"] = plot_bucket_share(res)
+        out[f"flip_rate_{s.lens}"] = plot_flip_rate(res)
+        out[f"flip_split_{s.lens}"] = plot_flip_split(res)
+        out[f"rank_by_bucket_{s.lens}"] = plot_rank_by_bucket(res)
+    if len(results) == 2:
+        a, b = sorted(results.items(), key=lambda kv: kv[0].lens != "logit")
+        out["bucket_share_logit_vs_tuned"] = plot_side_by_side(a[1], b[1], plot=plot_bucket_share)
+    return out
+
+
+def _gtr_head(res: Any) -> list[tuple[str, str]]:
+    h = res.headline()
+    layers = h["early_layers"]
+    span = f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
+    c = res.counts
+    return [
+        (f"{h['top_bucket']} share of the top-1, early ({span}; N={h['n_early']:,})", pct(h["top_share_early"])),
+        (f"{h['top_bucket']} share of the final top-1 (N={h['n_final']:,})", pct(h["top_share_final"])),
+        (f"flip rate of early {h['top_bucket']} guesses (N={h['n_top_early']:,})", pct(h["top_flip_rate_early"])),
+        (f"final next-token accuracy (N={h['n_gold']:,})", pct(h["final_accuracy"])),
+        ("positions read (texts)", f"{res.n_positions:,} ({c.get('n_texts_used', '?')})"),
+        ("skipped or unread", ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith(("skipped", "n_no")) and v) or "none"),
+    ]
+
+
+def gtr_readout(res: Any) -> Any:
+    """A `glt.Readout` (top-1 only) rebuilt from a `glt.GuessRefineResult`, for `glt.early_exit`."""
+
+    n_layer, n = res.top1.shape
+    return Readout(
+        layer_labels=tuple(res.layer_labels), batch_index=res.text_index.clone(),
+        pos_index=res.pos_index.clone(), input_ids=torch.full((n,), -1, dtype=torch.long),
+        targets=res.top1[-1][:, None].clone(), ranks=res.rank_final[..., None].clone(),
+        target_logprobs=torch.full((n_layer, n, 1), float("nan")), topk_ids=res.top1[..., None].clone(),
+        topk_logprobs=res.max_prob.double().log().float()[..., None], entropy=torch.full((n_layer, n), float("nan")),
+        kl_to_final=torch.full((n_layer, n), float("nan")), lens=res.lens)
+
+
+def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
+    res = ctx.results.get(f"guess_refine_{stage.lens}")
+    if res is None:
+        res = _gtr(ctx, stage.lens)
+    cats = [res.bucket_labels[b] for b in res.bucket[-1].tolist()]
+    return early_exit(gtr_readout(res), gold=res.gold, categories=cats, model_name=res.model,
+                      data_source=f"{res.data_source}; categories: frequency bucket of the final top-1")
+
+
+def _exit_figs(results: dict[Stage, Any]) -> dict[str, Any]:
+    order = list(bucket_labels(DEFAULT_EDGES)) + [EXCLUDED]
+    out = {}
+    for s, res in results.items():
+        cats = [g for g in res.groups if g != "all"]
+        cats.sort(key=lambda g: order.index(g) if g in order else len(order))
+        out[f"early_exit_{s.lens}"] = plot_early_exit(res, groups=cats + ["all"])
+        out[f"early_exit_accuracy_{s.lens}"] = plot_early_exit(res, metric="accuracy", groups=["all"])
+    return out
+
+
+def _exit_head(res: Any) -> list[tuple[str, str]]:
+    gi = res.groups.index("all")
+    rows = [("tokens (with gold)", f"{res.n[gi]:,} ({res.n_gold[gi]:,})"),
+            ("median stable onset of the final top-1 (k=1)", _fmt(res.onset_median[gi])),
+            ("compute saved by an oracle exit at the stable onset", pct(res.onset_saved[gi]))]
+    for tau in (0.5, 0.9):
+        if tau in res.taus:
+            ti = res.taus.index(tau)
+            rows.append((f"exit at top-1 probability >= {tau}: compute saved / agreement / accuracy",
+                         f"{pct(res.tau_saved[gi, ti])} / {pct(res.tau_agreement[gi, ti])} / "
+                         f"{pct(res.tau_accuracy[gi, ti])}"))
+    for g, gi in ((g, i) for i, g in enumerate(res.groups) if g != "all"):
+        rows.append((f"median stable onset, final top-1 in {g} (N={res.n[gi]:,})", _fmt(res.onset_median[gi])))
+    return rows
+
+
+def guess_then_refine_spec() -> StudySpec:
+    """The guess-then-refine stage."""
+    return StudySpec(
+        "guess_refine", "Guess-then-refine", _run_gtr, GuessRefineResult.load,
+        lambda r: {"": r.to_dataframe()}, _gtr_figs, _gtr_head, needs_frequency=True, key_rows=(0, 1, 2),
+        description="Every position of held-out Wikipedia paragraphs is a prefix. Bucket = the "
+        "frequency bucket of a layer's top-1 token (ranks in the Wikipedia sample under the model's "
+        "tokenizer); flip = the layer's top-1 differs from the final top-1.")
+
+
+def early_exit_spec() -> StudySpec:
+    """The early-exit stage (from the guess-then-refine read-out)."""
+    return StudySpec(
+        "early_exit", "Early exit", _run_exit, EarlyExitResult.load,
+        lambda r: {"": r.to_dataframe("policies"), "_onsets": r.to_dataframe("onsets")},
+        _exit_figs, _exit_head, needs_frequency=True, key_rows=(2, 4),
+        description="Computed from the guess-then-refine read-out (no extra forward pass). A token "
+        "settles at the first layer from which the lens top-1 equals the final top-1 at every "
+        "later layer; compute saved = share of the blocks skipped.")

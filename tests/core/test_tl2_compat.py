@@ -1,0 +1,69 @@
+"""TransformerLens 2.x: the core tests in a second environment with HookedTransformer.
+
+TransformerLens 2.x and 4.x cannot share one environment (2.x needs transformers 4 and
+numpy < 2), so this test builds (once, then reuses) a virtual environment with
+``transformer-lens<3`` and runs the core unit tests there, where the tiny models are random-weight
+``HookedTransformer``s built from configs.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REQS = [
+    "torch==2.13.0",
+    "transformer-lens<3",
+    "datasets<3",
+    "pyarrow<18",
+    "einops",
+    "jaxtyping",
+    "beartype",
+    "platformdirs",
+    "safetensors",
+    "tqdm",
+    "pandas",
+    "matplotlib",
+    "pytest",
+    "hypothesis",
+]
+CORE = ["tests/test_capture.py", "tests/test_lens.py", "tests/test_readout.py", "tests/test_errors.py",
+        "tests/test_check.py"]
+
+
+def _venv() -> Path:
+    venv = Path(os.environ.get("GLT_TL2_VENV", ROOT / ".venv-tl2"))
+    stamp = venv / "glt-reqs.txt"
+    want = hashlib.sha256("\n".join(REQS).encode()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == want:
+        return venv
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + [REQS[0]], check=True)
+    subprocess.run(pip + REQS[1:], check=True)
+    subprocess.run(pip + ["--no-deps", "-e", str(ROOT)], check=True)
+    stamp.write_text(want)
+    return venv
+
+
+@pytest.mark.tl2
+def test_core_suite_passes_on_transformer_lens_2():
+    venv = _venv()
+    py = str(venv / "bin" / "python")
+    version = subprocess.run(
+        [py, "-c", "from glt.core._models import tl_major_version as v; print(v())"],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout.strip()
+    assert version == "2"
+    tests = [t for t in CORE if (ROOT / t).is_file()]
+    proc = subprocess.run(
+        [py, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
+         "--jaxtyping-packages=glt,beartype.beartype", "-m", "not integration", *tests],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout
