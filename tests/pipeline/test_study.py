@@ -72,7 +72,7 @@ def test_study_config_unknown_key(tmp_path):
 
 
 def test_tuned_lens_missing_is_a_glt_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(_study, "_ASSETS", tmp_path / "no-lenses")
+    monkeypatch.setattr(_context, "_ASSETS", tmp_path / "no-lenses")
     assert _context.default_lens_name("default") == "logit"
     with pytest.raises(glt.GltError, match="no tuned lens ships"):
         study_config(lens="tuned")
