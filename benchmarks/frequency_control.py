@@ -41,10 +41,11 @@ def main() -> int:
     if (lens_dir / "config.json").is_file():
         reweighted = glt.load_lens(lens_dir, model)
     else:
+        recipe = glt.TrainConfig(
+            frequency_alpha=args.alpha, least_squares_tokens=args.least_squares_tokens, max_tokens=args.max_tokens,
+            tokens_per_step=args.tokens_per_step, val_rows=256, seq_len=64, compute_dtype=torch.bfloat16)
         reweighted = glt.train_tuned_lens(
-            model, wikipedia_paragraphs("train"), frequency_counts=counts, frequency_alpha=args.alpha,
-            least_squares_tokens=args.least_squares_tokens, max_tokens=args.max_tokens,
-            tokens_per_step=args.tokens_per_step, val_rows=256, seq_len=64, compute_dtype=torch.bfloat16,
+            model, wikipedia_paragraphs("train"), recipe, frequency_counts=counts,
             heldout_texts=wikipedia_paragraphs("heldout")[24:56], eval_rows=256, out=lens_dir,
             checkpoint_dir=args.out / "checkpoints", data_name="wikipedia-train")
     t_train = time.time() - t0

@@ -3,7 +3,7 @@
 For random weights with the shapes of Gemma 3 270M, GPT-2 XL and Llama 3 8B (no checkpoint
 needed), on one CUDA device:
 
-* exactness: `glt.readout` (fused Triton kernel, and the eager kernel with ``GLT_FUSED=0``) with
+* exactness: `glt.readout` (fused Triton kernel, and the tiled path with ``GLT_FUSED=0``) with
   bf16 and fp32 operands against ranks and top-k from float64 logits of the same operands; beside
   them, how many ranks a plain bf16 GEMM (bf16-rounded logits) gets wrong;
 * speed: `glt.readout` with every statistic (fused, for a few block configurations, and eager)

@@ -23,6 +23,7 @@ from glt.cli._lens import parse_layers
 from glt.core._io import write_json
 from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 from glt.lenses._tuned import TunedLens, load_lens
+from glt.lenses.fit._config import TrainConfig
 from glt.lenses.fit._data import plan_sequences, read_rows
 from glt.lenses.fit._least_squares import fit_least_squares
 from glt.lenses.fit._loss import tiled_kl_ce
@@ -248,11 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {step} tokens {tokens} probe KL mean {sum(curve[-1]['kl_layer']) / 18:.4f}",
                       flush=True)
 
+        recipe = TrainConfig(
+            init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step, lr=args.lr,
+            optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed, val_rows=args.val_rows,
+            layers=parse_layers(args.layers), seq_len=args.seq_len,
+        )
         lens = train_tuned_lens(
-            model, train, init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
-            lr=args.lr, optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed,
-            val_rows=args.val_rows, layers=parse_layers(args.layers), seq_len=args.seq_len,
-            checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
+            model, train, recipe, checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
             data_name=WIKI_SOURCE + " train split",
         )
         lens.config["model_load_name"] = "default"

@@ -5,12 +5,15 @@ tuned lens, reduce the decoded distributions in one streamed pass, and run the G
 studies of Gupta et al. (arXiv 2510.18871) on any model.
 
 The pipeline, module by module: model loading (`load_model`) -> residual capture
-(`capture_residuals`) -> lenses (`LogitLens`, `TunedLens`) -> streamed read-out (`readout`) ->
+(`capture_residuals`) -> lenses (`Lens`: `LogitLens`, `TunedLens`; trained by `train_tuned_lens`
+from a `TrainConfig`; `JacobianLens`, fitted by `fit_jacobian_lens`) -> streamed read-out (`readout`) ->
 studies (`run_guess_then_refine`, `run_pos_study`, `run_fact_recall`, `run_multiple_choice`,
-`early_exit`, `patch_layers`) -> onsets and aggregation -> plots (`plot_*`) -> `glt study`.
+`early_exit`, `patch_layers`) -> onsets and aggregation -> plots (`plot_*`) -> `glt study` ->
+`compare_runs` (`glt compare`: runs of several models or lenses on one normalised depth axis).
 """
 
 from glt._version import __version__ as __version__
+from glt.compare import Comparison, compare_runs, write_comparison_report
 from glt.core import (
     GltError,
     ResidualStack,
@@ -35,16 +38,35 @@ from glt.decoding import (
     topk_churn,
 )
 from glt.lenses import (
+    JacobianLens,
+    Lens,
     LogitLens,
     TunedLens,
     Unembed,
+    export_jacobian_lens,
     export_tuned_lens,
+    import_jacobian_lens,
     import_tuned_lens,
     load_lens,
 )
-from glt.lenses.fit import LensEvaluation, evaluate_lens, fit_least_squares, train_tuned_lens
+from glt.lenses.fit import (
+    LensEvaluation,
+    TrainConfig,
+    evaluate_lens,
+    fit_jacobian_lens,
+    fit_least_squares,
+    least_squares_lens,
+    train_tuned_lens,
+)
 from glt.pipeline import run_study
-from glt.plotting import plot_onset_curves, plot_rank_curves, plot_side_by_side, plot_token_heatmap
+from glt.plotting import (
+    Explorer,
+    explore,
+    plot_onset_curves,
+    plot_rank_curves,
+    plot_side_by_side,
+    plot_token_heatmap,
+)
 from glt.studies.early_exit import EarlyExitResult, early_exit, plot_early_exit
 from glt.studies.fact_recall import (
     Fact,
@@ -79,12 +101,16 @@ from glt.studies.part_of_speech import PosResult, plot_pos_onsets, plot_pos_rank
 from glt.studies.patching import PatchingResult, patch_layers, plot_patching
 
 __all__ = [
+    "Comparison",
     "EarlyExitResult",
+    "Explorer",
     "Fact",
     "FactRecallResult",
     "GltError",
     "GuessRefineResult",
     "K_GRID",
+    "Lens",
+    "JacobianLens",
     "LensEvaluation",
     "LogitLens",
     "MCExample",
@@ -97,22 +123,29 @@ __all__ = [
     "Readout",
     "ResidualStack",
     "TokenFrequency",
+    "TrainConfig",
     "TunedLens",
     "Unembed",
     "aggregate_onsets",
     "cache_dir",
     "capture_residuals",
+    "compare_runs",
     "compute_onsets",
     "early_exit",
     "evaluate_lens",
+    "explore",
+    "export_jacobian_lens",
     "export_tuned_lens",
     "first_crossing",
+    "fit_jacobian_lens",
     "fit_least_squares",
     "format_mc_prompt",
+    "import_jacobian_lens",
     "import_tuned_lens",
     "iter_residuals",
     "load_facts",
     "load_frequency",
+    "least_squares_lens",
     "load_lens",
     "load_mc_dataset",
     "load_model",
@@ -148,5 +181,6 @@ __all__ = [
     "topk_churn",
     "train_tuned_lens",
     "wikipedia_paragraphs",
+    "write_comparison_report",
 ]
 

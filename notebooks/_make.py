@@ -343,15 +343,21 @@ heldout_texts = glt.wikipedia_paragraphs("heldout", max_paragraphs=4)
 print(len(train_texts), "training paragraphs,", len(heldout_texts), "held-out paragraphs")"""),
     ("md", """## Train
 
-`train_tuned_lens` fits least squares on `least_squares_tokens` positions, then takes
-`max_tokens // tokens_per_step` KL steps (`max_tokens=0` stops after the least-squares fit); a
-step reads whole sequences until it has at least `tokens_per_step` positions, and `val_rows`
-positions are set aside to choose the step sizes. With `heldout_texts` it evaluates the result on
-`eval_rows` held-out positions against the logit lens and the least-squares start, and with `out`
-it saves the lens folder when done."""),
-    ("code", """lens = glt.train_tuned_lens(
-    model, train_texts,
+The recipe is a `glt.TrainConfig`, a frozen object checked when it is made (the same fields also
+work as keywords of `train_tuned_lens`, replacing those of the config). `train_tuned_lens` fits
+least squares on `least_squares_tokens` positions, then takes `max_tokens // tokens_per_step` KL
+steps (`max_tokens=0` stops after the least-squares fit); a step reads whole sequences until it
+has at least `tokens_per_step` positions, and `val_rows` positions, at most 8 from each of the
+texts set aside, choose the step sizes. `layers=[...]` trains only those translators and keeps the
+others (for instance to refine the deep layers of a trained lens, passed as `init`). With
+`heldout_texts` it evaluates the result on `eval_rows` held-out positions against the logit lens
+and the least-squares start, and with `out` it saves the lens folder when done."""),
+    ("code", """recipe = glt.TrainConfig(
     least_squares_tokens=1024, max_tokens=16, tokens_per_step=8, val_rows=24, seq_len=32,
+)
+print(recipe.optimizer, recipe.max_tokens // recipe.tokens_per_step, "KL steps")
+lens = glt.train_tuned_lens(
+    model, train_texts, recipe,
     heldout_texts=heldout_texts, eval_rows=32,
     out=work / "my-lens", data_name="24 Wikipedia paragraphs (notebook 06)", progress=False,
 )

@@ -5,8 +5,11 @@ dims; vocab 101, 3 layers, context 67) so a swapped axis fails loudly. Import fr
 (``from tests.helpers import make_tiny_folder``); ``conftest.py`` only defines fixtures.
 """
 
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
 import glt
@@ -39,34 +42,35 @@ def _tokenizer():
     )
 
 
-def _hf_config(family: str):
+def _hf_config(family: str, n_layers: int = 3):
     from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
 
     if family == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_positions=67, n_embd=28, n_layer=3, n_head=4)
+        return GPT2Config(vocab_size=VOCAB, n_positions=67, n_embd=28, n_layer=n_layers, n_head=4)
     if family == "llama":
         return LlamaConfig(
-            vocab_size=VOCAB, hidden_size=28, intermediate_size=44, num_hidden_layers=3,
+            vocab_size=VOCAB, hidden_size=28, intermediate_size=44, num_hidden_layers=n_layers,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=67,
         )
     if family == "gemma3":
         return Gemma3TextConfig(
-            vocab_size=VOCAB, hidden_size=28, intermediate_size=44, num_hidden_layers=3,
+            vocab_size=VOCAB, hidden_size=28, intermediate_size=44, num_hidden_layers=n_layers,
             num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=67,
             sliding_window=5, final_logit_softcapping=30.0,
         )
     raise ValueError(family)
 
 
-def make_tiny_folder(family: str, root: Path, seed: int = 0) -> Path:
-    """Save a random-weight HF model of ``family`` with a word-level tokenizer under ``root``."""
+def make_tiny_folder(family: str, root: Path, seed: int = 0, n_layers: int = 3) -> Path:
+    """Save a random-weight HF model of ``family`` with a word-level tokenizer under ``root``
+    (``n_layers`` blocks; folders of other depths than 3 are named ``tiny-<family>-<n>l``)."""
     from transformers import AutoModelForCausalLM
 
-    folder = root / f"tiny-{family}"
+    folder = root / (f"tiny-{family}" if n_layers == 3 else f"tiny-{family}-{n_layers}l")
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(seed)
-    cfg = _hf_config(family)
+    cfg = _hf_config(family, n_layers)
     model = AutoModelForCausalLM.from_config(cfg)
     cfg.architectures = [type(model).__name__]
     with torch.no_grad():  # larger weights so layers differ visibly from one another
@@ -116,3 +120,60 @@ def load_tiny(family: str, root: Path):
     return glt.load_model(str(make_tiny_folder(family, root)))
 
 
+
+
+def _tail(text: str | bytes | None, n: int = 3000) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return (text or "")[-n:]
+
+
+def run_bounded(argv: Sequence[str], *, what: str, timeout: float, check: bool = False,
+                **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with a bounded wait (output captured as text unless told otherwise).
+
+    Past ``timeout`` seconds the child is killed and the test fails naming ``what`` it waited
+    for, the command and the output so far; with ``check`` a non-zero exit fails the same way.
+    """
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    try:
+        done = subprocess.run(list(map(str, argv)), timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} ({' '.join(map(str, argv))});"
+                    f" output so far:\n{_tail(e.stdout)}\n{_tail(e.stderr)}", pytrace=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"{what} exited with status {done.returncode} ({' '.join(map(str, argv))}):\n"
+                    f"{_tail(done.stdout)}\n{_tail(done.stderr)}", pytrace=False)
+    return done
+
+
+def wait_bounded(proc: subprocess.Popen, *, what: str, timeout: float) -> int:
+    """``proc.wait`` with a bounded wait: past ``timeout`` s kill it and fail naming ``what``."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=60)
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (pid {proc.pid}, killed)", pytrace=False)
+
+
+def synthetic_readout(n_layer: int = 19, n_pos: int = 1000, k: int = 5, vocab: int = 50_021, seed: int = 0):
+    """A `glt.Readout` of one text with random (but well-formed) statistics, for sizing the explorer
+    without a forward pass: top-k log-probabilities sorted, the final top-1 as the target (rank 0 and
+    KL 0 at the final layer)."""
+    from glt.core._capture import layer_labels
+
+    g = torch.Generator().manual_seed(seed)
+    top = torch.randint(0, vocab, (n_layer, n_pos, k), generator=g)
+    lp = (-12 * torch.rand(n_layer, n_pos, k, generator=g)).sort(-1, descending=True).values
+    ranks = torch.randint(0, vocab, (n_layer, n_pos, 1), generator=g)
+    ranks[-1] = 0
+    kl = torch.rand(n_layer, n_pos, generator=g) * 5
+    kl[-1] = 0
+    return glt.Readout(
+        layer_labels=layer_labels(n_layer - 1), batch_index=torch.zeros(n_pos, dtype=torch.long),
+        pos_index=torch.arange(n_pos), input_ids=torch.randint(0, vocab, (n_pos,), generator=g),
+        targets=top[-1, :, :1].clone(), ranks=ranks, target_logprobs=-torch.rand(n_layer, n_pos, 1, generator=g) * 20,
+        topk_ids=top, topk_logprobs=lp, entropy=torch.rand(n_layer, n_pos, generator=g) * 8, kl_to_final=kl,
+        lens="logit")

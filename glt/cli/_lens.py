@@ -13,9 +13,9 @@ Examples::
 """
 
 import argparse
+import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +24,11 @@ from safetensors.torch import load_file
 from glt.core._distributed import torchrun_group
 from glt.core._errors import GltError
 from glt.core._models import load_model
+from glt.core._paths import existing_file, existing_folder, file_target, folder_target
 from glt.data._wikipedia import wikipedia_paragraphs
 from glt.lenses._logit import LogitLens
 from glt.lenses._tuned import export_tuned_lens, import_tuned_lens, load_lens
+from glt.lenses.fit._config import TrainConfig
 from glt.lenses.fit._evaluate import evaluate_lens, summarize
 from glt.lenses.fit._train import train_tuned_lens
 
@@ -42,10 +44,11 @@ def read_texts(path: str | None, corpus: str | None) -> list[str]:
         if split is None:
             raise GltError(f"--corpus must be wikipedia-train, wikipedia-heldout or wikipedia, got {corpus!r}")
         return wikipedia_paragraphs(split)
-    f = Path(path)
-    if not f.is_file():
-        raise GltError(f"--texts {path} does not exist: pass a .txt or .jsonl file")
-    raw = f.read_text(encoding="utf-8")
+    f = existing_file(path, "--texts")
+    try:
+        raw = f.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GltError(f"--texts {path} cannot be read as UTF-8 text ({e}): pass a .txt or .jsonl file") from e
     if f.suffix == ".jsonl":
         texts = []
         for i, line in enumerate(raw.splitlines()):
@@ -64,7 +67,7 @@ def read_texts(path: str | None, corpus: str | None) -> list[str]:
 def _counts(path: str | None) -> Any:
     if path is None:
         return None
-
+    existing_file(path, "--frequency-counts")
     try:
         t = load_file(path)
     except Exception as e:  # noqa: BLE001
@@ -150,23 +153,20 @@ def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``glt lens ...`` command; returns the exit status."""
 
     cmd = args.lens_command
+    _check_paths(args)  # before the model loads
+    recipe = _recipe(args) if cmd == "train" else None  # so is a bad training option
     model = load_model(args.model)
     if cmd == "train":
         texts = read_texts(args.texts, args.corpus)
         held = None
         if args.heldout_texts or args.heldout_corpus:
             held = read_texts(args.heldout_texts, args.heldout_corpus)
-        init = args.init if args.init in ("least_squares", "zero") else load_lens(args.init, model)
+        if args.init not in ("least_squares", "zero"):  # a lens to continue: it needs the model
+            recipe = dataclasses.replace(recipe, init=load_lens(args.init, model))
         with torchrun_group():  # under torchrun: data-parallel over the ranks (gloo)
             lens = train_tuned_lens(
-                model, texts, init=init, layers=parse_layers(args.layers), max_tokens=args.max_tokens,
-                tokens_per_step=args.tokens_per_step,
-                least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
-                val_rows=args.val_rows,
-                weight_decay=args.weight_decay, momentum=args.momentum, grad_clip=args.grad_clip, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-                compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-                frequency_counts=_counts(args.frequency_counts), frequency_alpha=args.frequency_alpha,
-                heldout_texts=held, eval_rows=args.eval_rows, out=args.out,
+                model, texts, recipe, frequency_counts=_counts(args.frequency_counts),
+                checkpoint_dir=args.checkpoint_dir, heldout_texts=held, eval_rows=args.eval_rows, out=args.out,
                 data_name=args.corpus or args.texts, progress=not args.no_progress,
             )
         if int(os.environ.get("RANK", "0")) == 0:
@@ -192,6 +192,45 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {args.lens} -> {args.dest} (tuned-lens format)")
         return 0
     raise GltError(f"unknown lens command {cmd!r}: use train, eval, import or export")
+
+
+def _recipe(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of ``glt lens train``'s options (GltError naming a bad one); ``--init`` FOLDER
+    starts as ``least_squares`` until the lens is loaded with the model."""
+    return TrainConfig(
+        init=args.init if args.init in ("least_squares", "zero") else "least_squares",
+        layers=parse_layers(args.layers), max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step,
+        least_squares_tokens=args.least_squares_tokens, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        frequency_alpha=args.frequency_alpha, val_rows=args.val_rows, seed=args.seed,
+        compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+    )
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse a wrong path argument of ``glt lens ...`` before anything is loaded or trained."""
+    for name in ("texts", "heldout_texts", "frequency_counts"):
+        if getattr(args, name, None) is not None:
+            existing_file(getattr(args, name), "--" + name.replace("_", "-"))
+    cmd = args.lens_command
+    if cmd == "train":
+        folder_target(args.out, "--out")
+        if args.checkpoint_dir is not None:
+            folder_target(args.checkpoint_dir, "--checkpoint-dir")
+        if args.init not in ("least_squares", "zero", "default"):
+            existing_folder(args.init, "--init")
+    elif cmd == "eval":
+        if args.lens != "default":
+            existing_folder(args.lens, "lens")
+        if args.out is not None:
+            file_target(args.out, "--out")
+    elif cmd == "import":
+        existing_folder(args.source, "source")
+        folder_target(args.dest, "dest")
+    elif cmd == "export":
+        if args.lens != "default":
+            existing_folder(args.lens, "lens")
+        folder_target(args.dest, "dest")
 
 
 def _print_heldout(summary: dict[str, Any] | None) -> None:

@@ -1,13 +1,19 @@
-"""The ``glt`` command line: ``glt inspect``, ``glt study`` and ``glt lens``.
+"""The ``glt`` command line: ``glt inspect``, ``glt study``, ``glt compare`` and ``glt lens``.
 
 ``glt inspect TEXT`` decodes every layer of one text and prints, for one position (default the
 last), the top-k tokens of each layer with their probabilities and the rank of the final
 prediction; ``--json`` prints the same as JSON, with ``"ranks"`` a ``[layer][position]`` list of
 the 0-based rank of the final top-1 at every position. ``glt study`` runs the whole study and
-writes a report (see `glt.pipeline._run`). ``glt lens`` trains and converts tuned lenses (from
+writes a report (see `glt.pipeline._run`); ``--lens least_squares`` (the default for a model no
+tuned lens ships for; also for ``glt inspect``) fits a least-squares lens on the spot, caches it
+and says so on stderr (`glt.lenses.fit._cached`). ``glt compare`` overlays study runs on a
+normalised depth axis (`glt.cli._compare`). ``glt lens`` trains and converts tuned lenses (from
 ``glt.cli._lens`` when installed).
 
-Every user error prints ``glt: error: <message>`` and exits with status 2.
+Every user error prints ``glt: error: <message>`` and exits with status 2. Path options are
+checked before the model loads: a missing output folder (and its parents) is created; a file where
+a folder is expected or the reverse, a folder that cannot be written and a full disk are user
+errors naming the path and the fix (`glt.core._paths`).
 """
 
 import argparse
@@ -16,13 +22,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from glt.cli import _compare as compare_command
 from glt.cli import _lens as lens_command
 from glt.core._capture import capture_residuals
 from glt.core._errors import GltError
 from glt.core._models import load_model, model_name
+from glt.core._paths import existing_file, existing_folder, folder_target
 from glt.decoding._readout import readout
 from glt.lenses._logit import LogitLens
-from glt.pipeline._context import load_tuned_lens
+from glt.lenses._protocol import Lens
+from glt.lenses.fit._cached import least_squares_lens
+from glt.pipeline._context import load_jacobian_lens, load_tuned_lens
 from glt.pipeline._run import run_study, study_config
 
 __all__ = ["build_parser", "main"]
@@ -43,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "final prediction at every layer.")
     ins.add_argument("text", metavar="TEXT", help="the text to decode")
     ins.add_argument("--model", default="default", help="model name or path (default: default)")
-    ins.add_argument("--lens", default="logit", choices=("logit", "tuned"),
-                     help="lens to decode with (default: logit)")
+    ins.add_argument("--lens", default="logit", choices=("logit", "tuned", "least_squares", "jacobian"),
+                     help="lens to decode with (default: logit); least_squares: fitted on the spot "
+                     "on the offline Wikipedia sample (minutes on a CPU) and cached for the next run")
     ins.add_argument("--lens-path", default=None,
-                     help="tuned-lens folder (default: the shipped lens of the model)")
+                     help="tuned-lens folder (default: the shipped lens of the model), or the Jacobian "
+                     "lens folder --lens jacobian needs (JacobianLens.save)")
     ins.add_argument("--top-k", type=int, default=5, help="tokens shown per layer (default: 5)")
     ins.add_argument("--position", type=int, default=-1,
                      help="position whose table is printed (default: -1, the last)")
@@ -56,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run guess-then-refine, part of speech, fact recall, multiple "
                         "choice, early exit and patching; write figures, data and a report.")
     st.add_argument("--model", default="default", help="model name or path (default: default)")
-    st.add_argument("--lens", default=None, choices=("tuned", "logit", "both"),
+    st.add_argument("--lens", default=None, choices=("tuned", "least_squares", "logit", "both"),
                     help="lens(es) to use (default: tuned when a tuned lens ships for the model, "
-                    "else logit)")
-    st.add_argument("--lens-path", default=None, help="tuned-lens folder for --lens tuned/both")
+                    "else least_squares: fitted on the spot on the offline Wikipedia sample, minutes "
+                    "on a CPU, and cached for the next run; both = tuned and logit)")
+    st.add_argument("--lens-path", default=None, help="tuned-lens folder for --lens tuned/both; a Jacobian "
+                    "lens folder (JacobianLens.save) runs as the lens 'jacobian'")
     st.add_argument("--out", default="glt-study", help="output folder (default: glt-study)")
     st.add_argument("--quick", action="store_true",
                     help="small data sizes (about 10 minutes on 2 CPU cores)")
@@ -74,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     lens_command.register(sub)
+    compare_command.register(sub)
     return parser
 
 
-def _load_lens(kind: str, model: Any, path: str | None) -> Any:
+def _load_lens(kind: str, model: Any, path: str | None, model_arg: str) -> Lens:
     if kind == "logit":
         return LogitLens.from_model(model)
+    if kind == "least_squares":
+        if path is not None:
+            raise GltError("--lens-path is the tuned lens's folder, but --lens is 'least_squares': "
+                           "pass --lens tuned with it, or drop --lens-path")
+        return least_squares_lens(model, model_arg=model_arg)
+    if kind == "jacobian":
+        return load_jacobian_lens(model, path)
     return load_tuned_lens(model, path)
 
 
@@ -87,7 +109,7 @@ def inspect_text(
     text: str,
     *,
     model: Any,
-    lens: Any,
+    lens: Lens,
     top_k: int = 5,
     position: int = -1,
 ) -> dict[str, Any]:
@@ -155,12 +177,14 @@ def format_inspect(data: dict[str, Any]) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    if args.lens_path is not None:
+        existing_folder(args.lens_path, "--lens-path")
     if args.top_k < 1:
         raise GltError(f"--top-k must be an integer >= 1, got {args.top_k}")
     if not args.text.strip():
         raise GltError(f"TEXT must be non-empty text, got {args.text!r}: pass e.g. 'The capital of France is'")
     model = load_model(args.model)
-    lens = _load_lens(args.lens, model, args.lens_path)
+    lens = _load_lens(args.lens, model, args.lens_path, args.model)
     data = inspect_text(args.text, model=model, lens=lens, top_k=args.top_k, position=args.position)
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
@@ -170,6 +194,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    folder_target(args.out, "--out")
+    if args.config is not None:
+        existing_file(args.config, "--config")
+    if args.lens_path is not None:
+        existing_folder(args.lens_path, "--lens-path")
     config = study_config(
         model=args.model, lens=args.lens, quick=args.quick, config_file=args.config,
         lens_path=args.lens_path,
@@ -192,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_study(args)
         if args.command == "lens":
             return int(lens_command.run(args) or 0)
+        if args.command == "compare":
+            return compare_command.run(args)
         parser.error(f"unknown command {args.command!r}")
     except GltError as e:
         print(f"glt: error: {e}", file=sys.stderr)

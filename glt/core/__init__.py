@@ -1,6 +1,15 @@
-"""Core: errors, argument checks, atomic I/O, model loading, residual capture, process groups.
+"""Core: what every other layer stands on: errors, argument checks, persistence, models, capture.
 
-Everything else in glt builds on this subpackage; it imports nothing from the rest of glt.
+`GltError` (`_errors`) is the one exception glt raises for user errors, and `checked` (`_check`)
+checks a public function's annotated arguments where the function is defined. Persistence is
+atomic and never pickles: `_io` writes JSON and safetensors under a temporary name then renames,
+`_codec` is the one tagged, versioned format of every saved result, and `_paths` checks the paths
+glt reads and writes. `load_model` (`_models`) returns a TransformerLens model (the embedded
+Gemma 3 270M by default) and `capture_residuals` / `iter_residuals` (`_capture`) its residual
+stream as a `ResidualStack`. `_distributed` shards work over ``torch.distributed`` ranks, and
+`_meter` is the timing hook that capture and the read-out report to.
+
+It imports nothing from the rest of glt but `glt._version` (which saved files record).
 """
 
 from glt.core._capture import (

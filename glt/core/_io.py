@@ -1,4 +1,9 @@
-"""Atomic, non-executable persistence: JSON and safetensors, written to a temp file then renamed."""
+"""Atomic, non-executable persistence: JSON and safetensors, written to a temp file then renamed.
+
+Every OS error while writing or reading (a file where a folder is expected, a folder that cannot
+be written, a full disk) becomes one `GltError` naming the path and the fix (`writing`, the path
+rules of `glt.core._paths`); missing parent folders are created.
+"""
 
 import contextlib
 import json
@@ -11,36 +16,54 @@ from pathlib import Path
 from typing import Any
 
 from glt.core._errors import GltError
+from glt.core._paths import file_target, folder_target, os_error_message
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "malformed", "read_json", "read_result", "recover_dir",
-    "replace_dir", "write_json",
+    "atomic_dir", "atomic_write_bytes", "atomic_write_text", "malformed", "read_json", "recover_dir",
+    "replace_dir", "write_json", "writing",
 ]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a crash leaves the old file or none, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are meant to be shared
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "file", verb: str = "write") -> Iterator[None]:
+    """Turn an OSError raised inside ``with`` into a GltError naming ``path`` and the fix."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except GltError:
+        raise
+    except OSError as e:
+        raise GltError(os_error_message(path, what, e, verb)) from e
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` atomically: a crash leaves the old file or none, never half.
+
+    Missing parent folders are created. A folder at ``path``, a file among its parents, a folder
+    that cannot be written or a full disk raise GltError naming the path; the temporary file is
+    removed and an older file at ``path`` is left as it was.
+    """
+    path = file_target(path, what)
+    with writing(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are meant to be shared
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (errors as `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
 def _clean(obj: Any) -> Any:
@@ -55,9 +78,9 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
+def write_json(path: str | os.PathLike, obj: Any, what: str = "file") -> Path:
     """Write ``obj`` as JSON atomically (tensors and arrays become lists, NaN becomes null)."""
-    return atomic_write_text(path, json.dumps(_clean(obj), indent=1, allow_nan=False))
+    return atomic_write_text(path, json.dumps(_clean(obj), indent=1, allow_nan=False), what)
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -67,6 +90,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise GltError(f"{what} {path} does not exist: check the path") from e
+    except OSError as e:
+        raise GltError(os_error_message(path, what, e, "read")) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GltError(
             f"{what} {path} is corrupted or truncated ({e}): delete it and rebuild it"
@@ -94,34 +119,6 @@ def malformed(path: str | os.PathLike, what: str, fix: str = "delete it and re-r
         ) from e
 
 
-@contextlib.contextmanager
-def read_result(
-    path: str | os.PathLike, fmt: str, what: str, fix: str = "delete it and re-run", *, key: str = "format"
-) -> Iterator[dict[str, Any]]:
-    """Read a saved result's JSON and rebuild it inside ``with``; every failure is one GltError.
-
-    The file must exist, parse, and carry ``{key: fmt}``; errors raised while rebuilding the
-    result from the yielded dict become GltError too (`malformed`), naming the file and ``fix``.
-
-    Example:
-        >>> import tempfile
-        >>> f = write_json(Path(tempfile.mkdtemp()) / "r.json", {"format": "demo/1", "n": 3})
-        >>> with read_result(f, "demo/1", "demo result") as data:
-        ...     n = int(data["n"])
-        >>> n
-        3
-    """
-    data = read_json(path, what)
-    if not isinstance(data, dict):
-        raise GltError(f"{path} is not a glt {what} (it holds a JSON {type(data).__name__}, not an "
-                       "object): pass a file written by its .save()")
-    if data.get(key) != fmt:
-        raise GltError(f"{path} is not a glt {what} ({key} {data.get(key)!r}, expected {fmt!r}): "
-                       "pass a file written by its .save()")
-    with malformed(path, what, fix):
-        yield data
-
-
 def _publish_modes(tmp: Path) -> None:
     """Give the folder and its files the usual permissions (mkdtemp/mkstemp make them private)."""
     mask = os.umask(0)
@@ -140,22 +137,49 @@ def replace_dir(tmp: Path, path: Path) -> None:
     place. A crash between the two renames leaves the old folder aside, never a half-written one
     at ``path``; `recover_dir` (called by every reader) moves it back.
     """
-    _publish_modes(tmp)
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise GltError(f"path {path} exists and is not a folder: pass a folder path")
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-    os.replace(path, old / path.name)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old / path.name, path)
+    path = folder_target(path, "folder")
+    with writing(path, "folder"):
+        _publish_modes(tmp)
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``path``; it replaces ``path`` when ``with`` ends.
+
+    Missing parents are created. If the body raises (an OSError becomes GltError naming ``path``),
+    the temporary folder is deleted and ``path`` keeps what it held.
+
+    Example:
+        >>> import tempfile
+        >>> with atomic_dir(Path(tempfile.mkdtemp()) / "my lens") as tmp:
+        ...     _ = (tmp / "config.json").write_text("{}")
+    """
+    path = folder_target(path, what)
+    with writing(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            replace_dir(tmp, path)
+        except GltError as e:  # a writer inside named the temporary folder: name the destination
+            if str(tmp) not in str(e):
+                raise
+            raise GltError(str(e).replace(str(tmp), str(path))) from e
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def recover_dir(path: str | os.PathLike) -> Path:

@@ -31,8 +31,10 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from glt.core._check import checked
+from glt.core._codec import Format, write_tagged
 from glt.core._errors import GltError
-from glt.core._io import atomic_write_bytes, malformed, read_json, write_json
+from glt.core._io import atomic_write_bytes, malformed, read_json
+from glt.core._paths import folder_target
 from glt.data._frequency_count import count_tokens, special_and_whitespace, tokenizer_info
 
 __all__ = ["DEFAULT_EDGES", "TokenFrequency", "bucket_labels", "load_frequency"]
@@ -44,6 +46,8 @@ _COUNTS_FILE = "counts.safetensors"
 _META_FILE = "frequency.json"
 _ASSETS = Path(__file__).resolve().parent.parent / "assets" / "frequency"
 _SHIPPED = {"default": "default", "gemma-3-270m": "default"}
+_FORMAT = Format("glt.TokenFrequency", "frequency table", "rebuild it with TokenFrequency.from_texts(...).save(path)",
+                 legacy=(("format", "glt.TokenFrequency/1"),))
 
 
 def bucket_labels(edges: Sequence[int]) -> tuple[str, ...]:
@@ -340,7 +344,7 @@ class TokenFrequency:
         """
         from safetensors.torch import save
 
-        folder = Path(path)
+        folder = folder_target(path, "frequency table folder")
         ids = (self.counts > 0).nonzero().flatten()
         blob = save(
             {
@@ -351,9 +355,8 @@ class TokenFrequency:
             }
         )
         atomic_write_bytes(folder / _COUNTS_FILE, blob)
-        meta = {"format": "glt.TokenFrequency/1", **self.provenance()}
-        meta["counts_sha256"] = hashlib.sha256(blob).hexdigest()
-        write_json(folder / _META_FILE, meta)
+        write_tagged(folder / _META_FILE, _FORMAT,
+                     {**self.provenance(), "counts_sha256": hashlib.sha256(blob).hexdigest()})
         return folder
 
     @classmethod
@@ -367,8 +370,7 @@ class TokenFrequency:
             blob = (folder / _COUNTS_FILE).read_bytes()
         except OSError as e:
             raise GltError(f"frequency table counts {folder / _COUNTS_FILE} cannot be read ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != "glt.TokenFrequency/1":
-            raise GltError(f"{folder / _META_FILE} is not a glt frequency table: rebuild it")
+        _FORMAT.check(meta, folder / _META_FILE)
         if meta.get("counts_sha256") != hashlib.sha256(blob).hexdigest():
             raise GltError(
                 f"{folder / _COUNTS_FILE} does not match its metadata (corrupted or replaced): "

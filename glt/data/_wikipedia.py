@@ -8,6 +8,7 @@ trained on one is evaluated on the other.
 import bz2
 import re
 from functools import lru_cache
+from typing import Literal
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -58,7 +59,7 @@ def wikipedia_articles() -> tuple[tuple[str, str], ...]:
 
 @checked
 def wikipedia_paragraphs(
-    split: str = "all", *, min_words: int = 20, max_paragraphs: int | None = None
+    split: Literal["train", "heldout", "all"] = "all", *, min_words: int = 20, max_paragraphs: int | None = None
 ) -> list[str]:
     """Paragraphs of the Wikipedia sample with at least ``min_words`` words.
 
@@ -73,8 +74,6 @@ def wikipedia_paragraphs(
         >>> len(paras)
         3
     """
-    if split not in ("train", "heldout", "all"):
-        raise GltError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     out: list[str] = []
     for i, (_, text) in enumerate(wikipedia_articles()):
         if split == "train" and i % 2 == 1 or split == "heldout" and i % 2 == 0:

@@ -13,7 +13,7 @@ Conventions:
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Int
@@ -33,8 +33,8 @@ __all__ = [
     "topk_churn",
 ]
 
-#: The paper's log grid of thresholds k, from 1 to 10^4.
 K_GRID: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000)
+"""The paper's log grid of thresholds k, from 1 to 10^4 (the default ``ks`` of `compute_onsets`)."""
 
 
 def _inside(ranks: Int[Tensor, "layer n"], k: int) -> Bool[Tensor, "layer n"]:
@@ -134,6 +134,10 @@ def compute_onsets(ranks: Int[Tensor, "layer n"], ks: Any = K_GRID) -> Onsets:
     first = torch.stack([first_crossing(ranks, k) for k in ks])
     stable = torch.stack([stable_onset(ranks, k) for k in ks])
     return Onsets(ks, first, stable, int(ranks.shape[0]) - 1)
+
+
+#: Which onset: ``"first"`` crossing into the top-k, or ``"stable"`` (inside from there on).
+OnsetKind = Literal["first", "stable"]
 
 
 @dataclass(frozen=True)

@@ -29,31 +29,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt.core._capture import ResidualStack
 from glt.core._check import checked
+from glt.core._codec import Format, Saved, tensor_fields
 from glt.core._errors import GltError
 from glt.core._io import atomic_write_bytes, malformed
 from glt.core._meter import readout_timer
 from glt.decoding._backend import chunk_stats
 from glt.decoding._stats import resolve_matmul_dtype
+from glt.lenses._protocol import Lens
 
 __all__ = ["Readout", "readout", "select_rows"]
 
-_FORMAT = "glt.Readout/1"
-_PER_ROW = ("batch_index", "pos_index", "input_ids", "targets")
-_INTEGER = (*_PER_ROW, "ranks", "topk_ids")
 _CPU_TILE = 1024  # vocabulary tile width on CPU (tile + exp buffer stay in L2/L3)
 _CPU_TILE_ROWS = 640  # layer * rows per tile on CPU
 
+#: which positions to read: every real token (None), each sequence's last real token, one
+#: position per sequence (negative counts from the end), or a mask on real tokens
+Positions = Literal["last"] | Int[Tensor, " batch"] | Bool[Tensor, "batch pos"] | None
+
 
 @dataclass(frozen=True, eq=False)
-class Readout:
+class Readout(Saved):
     """Per-layer statistics at each read position ("row"), from `readout`.
 
     Attributes:
@@ -70,6 +73,10 @@ class Readout:
 
     `save` writes one safetensors file and `load` reads it back exactly.
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.Readout", "read-out", "delete it and compute it again", legacy=(("format", "glt.Readout/1"),),
+        sizes={"layer": "layer_labels"})
 
     layer_labels: tuple[str, ...]
     batch_index: Int[Tensor, " row"]
@@ -123,19 +130,22 @@ class Readout:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the read-out to one safetensors file, atomically; read it back with `load`.
 
-        Every tensor is stored exactly (ranks and ids as int64, floats as float32); the layer
-        labels and the lens name travel in the file's metadata. Nothing is pickled.
+        Every tensor is stored exactly (ranks and ids as int64, floats as float32, NaN and inf
+        included); the tag, the layer labels and the lens name travel in the file's metadata.
+        Nothing is pickled.
         """
         from safetensors.torch import save
 
-        tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous()
-                   for f in fields(self) if f.name not in ("layer_labels", "lens")}
-        meta = {"format": _FORMAT, "layer_labels": json.dumps(list(self.layer_labels)), "lens": self.lens}
-        return atomic_write_bytes(path, save(tensors, metadata=meta))
+        tensors = {name: getattr(self, name).detach().cpu().to(dtype).contiguous()
+                   for name, dtype in tensor_fields(Readout).items()}
+        meta = {**{k: str(v) for k, v in self._format.header().items()},
+                "layer_labels": json.dumps(list(self.layer_labels)), "lens": self.lens}
+        return atomic_write_bytes(path, save(tensors, metadata=meta), self._format.what)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Readout":
-        """Read a read-out written by `save` (GltError if missing, corrupt or not a read-out)."""
+        """Read a read-out written by `save` (GltError naming the file if missing, corrupt, not a
+        read-out, written by a newer glt, or with arrays whose shapes disagree)."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
@@ -149,24 +159,13 @@ class Readout:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise GltError(f"read-out {path} is corrupted or truncated ({str(e)[:120]}): delete it "
                            "and compute it again") from e
-        if meta.get("format") != _FORMAT:
-            raise GltError(f"{path} is not a glt read-out (format {meta.get('format')!r}, expected "
-                           f"{_FORMAT!r}): pass a file written by Readout.save()")
+        data: dict[str, Any] = {**tensors, **meta}
+        if str(meta.get("version", "")).isdigit():  # metadata values are strings
+            data["version"] = int(meta["version"])
+        cls._format.check(data, path)
         with malformed(path, "read-out", "delete it and compute it again"):
-            labels = tuple(str(x) for x in json.loads(meta["layer_labels"]))
-            kw = {f.name: tensors[f.name] for f in fields(cls) if f.name not in ("layer_labels", "lens")}
-            n_layer, (n_row, n_target) = len(labels), kw["targets"].shape
-            for name, v in kw.items():
-                want = (n_row,) if name in _PER_ROW else (n_layer, n_row)
-                want += (n_target,) if name in ("ranks", "target_logprobs") else ()
-                if tuple(v.shape[: len(want)]) != want:
-                    raise ValueError(f"{name} has shape {tuple(v.shape)}, expected {want} + ...")
-                if not (v.dtype == torch.int64 if name in _INTEGER else v.is_floating_point()):
-                    raise TypeError(f"{name} is {v.dtype}, expected {'int64' if name in _INTEGER else 'a float'}")
-            if kw["topk_ids"].shape != kw["topk_logprobs"].shape:
-                raise ValueError(f"topk_ids {tuple(kw['topk_ids'].shape)} and topk_logprobs "
-                                 f"{tuple(kw['topk_logprobs'].shape)} differ in shape")
-            return cls(layer_labels=labels, lens=meta["lens"], **kw)
+            data["layer_labels"] = json.loads(meta["layer_labels"])
+        return cls.from_json(data, source=path)
 
     def to_dataframe(self) -> Any:
         """Long table: one row per (layer, row, target) with rank, logprob, entropy and KL."""
@@ -199,7 +198,7 @@ class Readout:
 
 
 def select_rows(
-    stack: ResidualStack, positions: Any = None
+    stack: ResidualStack, positions: Positions = None
 ) -> tuple[Int[Tensor, " row"], Int[Tensor, " row"]]:
     """Resolve ``positions`` into ``(batch_index, pos_index)`` rows, in row-major order.
 
@@ -294,11 +293,11 @@ def _ieee_fp32() -> Iterator[None]:
 @checked
 def readout(
     stack: ResidualStack,
-    lens: Any,
+    lens: Lens,
     *,
     targets: Int[Tensor, "row ..."] | None = None,
     top_k: int = 5,
-    positions: Any = None,
+    positions: Positions = None,
     row_chunk: int | None = None,
     vocab_tile: int | None = None,
     matmul_dtype: torch.dtype | None = None,
@@ -308,7 +307,7 @@ def readout(
 
     Args:
         stack: residuals from `glt.capture_residuals` or `glt.ResidualStack.from_cache`.
-        lens: a `glt.LogitLens` or `glt.TunedLens` for the same model.
+        lens: a `glt.Lens` for the same model (`glt.LogitLens`, `glt.TunedLens`).
         targets: token ids to rank, ``[row]`` or ``[row, target]`` (several per row, such as the
             options of a multiple-choice question); default: the final layer's top-1.
         top_k: how many best tokens to keep per layer and row.
@@ -389,5 +388,5 @@ def readout(
         topk_logprobs=cat("topk_logprobs", (n_layer, 0, k), torch.float32),
         entropy=cat("entropy", (n_layer, 0), torch.float32),
         kl_to_final=cat("kl_to_final", (n_layer, 0), torch.float32),
-        lens=getattr(lens, "name", type(lens).__name__),
+        lens=lens.name,
     )

@@ -20,6 +20,7 @@ from glt.core._distributed import all_gather_list, rank_and_world, shard_range
 from glt.core._errors import GltError
 from glt.decoding._readout import Readout, readout
 from glt.lenses._logit import LogitLens
+from glt.lenses._protocol import Lens
 
 __all__ = ["sharded_readout"]
 
@@ -34,7 +35,7 @@ def sharded_readout(
     model: Any,
     inputs: Sequence[Any],
     *,
-    lens: Any = None,
+    lens: Lens | None = None,
     batch_size: int = 8,
     targets: Callable[[ResidualStack, range], Tensor] | None = None,
     prepend_bos: bool | None = None,

@@ -1,13 +1,29 @@
-"""Lenses: what turns a layer's residual into logits (the logit lens and the tuned lens).
+"""Lenses: what turns a layer's residual into logits (the logit, tuned and Jacobian lenses).
 
-Fitting a tuned lens (least squares, KL training, evaluation) lives in `glt.lenses.fit`.
+`Lens` is the contract every function taking a lens relies on (`glt.LogitLens` and
+`glt.TunedLens` satisfy it).
+
+Fitting a tuned lens (least squares, KL training, evaluation) and a Jacobian lens lives in
+`glt.lenses.fit`.
 """
 
+from glt.lenses._jacobian import (
+    JacobianLens as JacobianLens,
+)
+from glt.lenses._jacobian import (
+    export_jacobian_lens as export_jacobian_lens,
+)
+from glt.lenses._jacobian import (
+    import_jacobian_lens as import_jacobian_lens,
+)
 from glt.lenses._logit import (
     LogitLens as LogitLens,
 )
 from glt.lenses._logit import (
     Unembed as Unembed,
+)
+from glt.lenses._protocol import (
+    Lens as Lens,
 )
 from glt.lenses._tuned import (
     TunedLens as TunedLens,
@@ -23,9 +39,13 @@ from glt.lenses._tuned import (
 )
 
 __all__ = [
+    "export_jacobian_lens",
     "export_tuned_lens",
+    "import_jacobian_lens",
     "import_tuned_lens",
+    "JacobianLens",
     "load_lens",
+    "Lens",
     "LogitLens",
     "TunedLens",
     "Unembed",

@@ -13,8 +13,6 @@ like ``nn.Linear.weight`` as ``[out, in]``, ``bias [n_layers, d_model]``).
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -29,8 +27,11 @@ from torch import Tensor, nn
 from glt._version import __version__
 from glt.core._check import checked
 from glt.core._errors import GltError
-from glt.core._io import read_json, recover_dir, replace_dir, write_json
+from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir, write_json
 from glt.core._models import load_model, model_name
+from glt.core._paths import existing_folder
+from glt.lenses._jacobian import FORMAT as JACOBIAN_FORMAT
+from glt.lenses._jacobian import JacobianLens
 from glt.lenses._logit import LogitLens, Unembed
 
 __all__ = ["TunedLens", "export_tuned_lens", "import_tuned_lens", "load_lens"]
@@ -124,9 +125,7 @@ class TunedLens(LogitLens):
         """
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with atomic_dir(path, "tuned lens folder") as tmp:  # OSErrors become GltError naming path
             save_file(
                 {"weight": self.weight.detach().float().contiguous().cpu(),
                  "bias": self.bias.detach().float().contiguous().cpu()},
@@ -135,13 +134,9 @@ class TunedLens(LogitLens):
             write_json(tmp / "config.json", self.full_config())
             for name, obj in (extra_files or {}).items():
                 if isinstance(obj, str):
-                    (tmp / name).write_text(obj, encoding="utf-8")
+                    atomic_write_text(tmp / name, obj)
                 else:
                     write_json(tmp / name, obj)
-            replace_dir(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def full_config(self) -> dict[str, Any]:
@@ -230,8 +225,11 @@ def _fill(lens: TunedLens, weight: Tensor, bias: Tensor, file: Path) -> TunedLen
 @checked
 def load_lens(
     path_or_name: str | os.PathLike, model: Any = None, *, allow_mismatch: bool = False
-) -> TunedLens:
+) -> TunedLens | JacobianLens:
     """Load a tuned lens: ``"default"`` (shipped), a glt lens folder or a tuned-lens folder.
+
+    A glt folder is read by the lens kind its ``config.json`` names: a tuned lens, or a Jacobian
+    lens (`glt.JacobianLens`, format ``glt-jacobian-lens``).
 
     Nothing is unpickled: glt folders are read from safetensors, and tuned-lens folders
     (``config.json`` + ``params.pt``) with ``torch.load(weights_only=True)`` (see
@@ -265,19 +263,23 @@ def load_lens(
     if not (where / _PARAMS).is_file() and (where / "params.pt").is_file():
         return import_tuned_lens(where, model, allow_mismatch=allow_mismatch)
     cfg = read_json(where / "config.json", "lens config")
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") not in (FORMAT, JACOBIAN_FORMAT):
         raise GltError(
             f"lens config {where / 'config.json'} is not a glt lens (format={cfg.get('format') if isinstance(cfg, dict) else None!r}):"
-            " pass a folder written by TunedLens.save or a tuned-lens folder with params.pt"
+            " pass a folder written by TunedLens.save or JacobianLens.save, or a tuned-lens folder with params.pt"
         )
     params = _read_params(where / _PARAMS)
-    for key in ("weight", "bias"):
+    jacobian = cfg["format"] == JACOBIAN_FORMAT
+    for key in ("jacobian",) if jacobian else ("weight", "bias"):
         if key not in params:
             raise GltError(f"lens file {where / _PARAMS} lacks tensor {key!r}: save the lens again")
     model = _resolve_model(model, cfg, where)
     unembed = Unembed.from_model(model)
     _check_fit(cfg, model, unembed, where, allow_mismatch)
     keep = {k: v for k, v in cfg.items() if k not in _DERIVED}
+    if jacobian:
+        return JacobianLens(unembed, int(model.cfg.n_layers), keep).set_jacobian(
+            params["jacobian"], residual_0=keep.get("residual_0", "identity"), source=f"lens file {where / _PARAMS}")
     lens = TunedLens(unembed, int(model.cfg.n_layers), keep)
     return _fill(lens, params["weight"], params["bias"], where / _PARAMS)
 
@@ -297,7 +299,7 @@ def import_tuned_lens(
     tuned-lens's own ``unembed_hash`` uses another algorithm and is not checked; ``d_model`` and
     ``num_hidden_layers`` are.
     """
-    where = Path(path).expanduser()
+    where = existing_folder(path, "tuned-lens folder")
     cfg = read_json(where / "config.json", "tuned-lens config")
     if model is None:
         raise GltError(f"import_tuned_lens({str(where)!r}) needs model=: the lens decodes through its unembedding")
@@ -339,18 +341,14 @@ def import_tuned_lens(
 
 
 @checked
-def export_tuned_lens(lens: Any, path: str | os.PathLike) -> Path:
+def export_tuned_lens(lens: TunedLens, path: str | os.PathLike) -> Path:
     """Write ``lens`` (a `TunedLens`) as a tuned-lens folder (``config.json`` + ``params.pt``), atomically.
 
     tuned-lens (``TunedLens.from_unembed_and_pretrained``) loads it; ``unembed_hash`` is left null
     because tuned-lens hashes the unembedding differently.
     """
-    if not isinstance(lens, TunedLens):
-        raise GltError(f"lens must be a glt.TunedLens, got {type(lens).__name__}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path, "tuned-lens folder") as tmp:  # OSErrors become GltError naming path
         state = {}
         for i in range(lens.n_layers):
             state[f"{i}.weight"] = lens.weight[i].detach().float().clone().cpu()
@@ -365,9 +363,5 @@ def export_tuned_lens(lens: Any, path: str | os.PathLike) -> Path:
             "unembed_hash": None,
             "lens_type": "linear_tuned_lens",
         }
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
-        replace_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=1))
     return path

@@ -30,6 +30,23 @@ def _short(v: Any, n: int = 300) -> Any:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def _choice(name: str, lens: Any, config: Any) -> str:
+    """How the run came by lens ``name``, in words."""
+    if name == "logit":
+        return "logit: the model's own final norm and unembedding"
+    if name == "tuned":
+        return "tuned: " + (f"--lens-path {config.lens_path}" if config.lens_path
+                            else "the tuned lens shipped for the model")
+    if name == "jacobian":
+        return f"jacobian: --lens-path {config.lens_path}"
+    origin = getattr(lens, "origin", {}) or {}
+    how = (f"reused from the cache {origin.get('folder')} (fitted {origin.get('fitted_at')})" if origin.get("reused")
+           else f"fitted on the spot this run in {origin.get('fit_seconds', float('nan')):.0f} s, cached at "
+           f"{origin.get('folder')}")
+    return (f"least_squares: a least-squares lens on {origin.get('positions', '?')} positions of the offline "
+            f"Wikipedia sample (train split), {how}")
+
+
 def provenance(ctx: Any) -> dict[str, Any]:
     m = ctx.model
     prov: dict[str, Any] = {
@@ -42,7 +59,17 @@ def provenance(ctx: Any) -> dict[str, Any]:
                                             "seed", "unembed_hash", "glt_version") if k in cfg}
         if name == "tuned":
             keep["folder"] = str(ctx.config.lens_path or "shipped default (glt/assets/lenses/default)")
+        if name == "jacobian":
+            keep.update(folder=str(ctx.config.lens_path), fit=_short(cfg.get("fit")),
+                        n_prompts=cfg.get("n_prompts"), residual_0=cfg.get("residual_0"))
+        origin = getattr(lens, "origin", None)
+        if name == "least_squares" and isinstance(origin, dict):
+            keep["folder"] = str(origin.get("folder"))
+            keep["on_the_spot"] = _short({k: origin.get(k) for k in (
+                "reused", "fitted_at", "fit_seconds", "positions", "kl_training_estimate")})
         prov[f"{name} lens"] = keep or "the model's own final norm and unembedding"
+    if ctx._lenses:
+        prov["lens choice"] = "; ".join(_choice(name, lens, ctx.config) for name, lens in ctx._lenses.items())
     if ctx._freq is not None:
         prov["frequency table"] = f"{ctx._freq.corpus} ({ctx._freq.n_texts} texts, tokenizer {ctx._freq.tokenizer})"
     return prov

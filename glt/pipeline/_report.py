@@ -45,7 +45,7 @@ def _cell(v: Any) -> str:
 
 def render_markdown(blocks: list[tuple[str, Any]]) -> str:
     """Markdown for ``blocks``: ``("h1".."h3", text)``, ``("p", text)``, ``("table", (header,
-    rows))``, ``("figure", (relative png path, caption))``.
+    rows))``, ``("figure", (relative png path, caption))``, ``("html", fragment)`` (report.html only).
 
     Example:
         >>> print(render_markdown([("h2", "Time"), ("table", (["stage", "s"], [["pos", 1.5]]))]))
@@ -72,6 +72,8 @@ def render_markdown(blocks: list[tuple[str, Any]]) -> str:
         elif kind == "figure":
             path, caption = val
             out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+        elif kind == "html":
+            continue  # interactive views live in report.html only
         else:
             raise GltError(f"unknown report block kind {kind!r}")
     return "\n".join(out)
@@ -102,6 +104,8 @@ def render_html(blocks: list[tuple[str, Any]], root: Path, title: str) -> str:
             data = base64.b64encode((root / path).read_bytes()).decode("ascii")
             out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        elif kind == "html":
+            out.append(val)  # a trusted fragment built by glt (the layer explorer escapes its own data)
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -162,6 +166,7 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
     figdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     figs: dict[str, list[tuple[str, str]]] = {}
+    views: dict[str, tuple[str, str]] = {}
     for spec in dict.fromkeys(s.spec for s in plan):
         done = {s: results[s.name] for s in plan if s.spec is spec and s.name in results}
         if not done:
@@ -172,6 +177,11 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
             figs[spec.key] = [("", f"figures could not be drawn: {e}")]
             continue
         figs[spec.key] = [(_save_figure(f, figdir, name), _caption(f, name)) for name, f in drawn.items()]
+        if spec.interactive is not None:
+            try:
+                views[spec.key] = ("html", spec.interactive(done))
+            except GltError as e:
+                views[spec.key] = ("p", f"the interactive view could not be built: {e}")
     plot_s = time.perf_counter() - t0
     prov_path = out / "provenance.json"
     if ctx.loaded:
@@ -216,6 +226,8 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
             blocks.append(("p", f"Data: {_source_of(res)}. Files: `data/{s.name}.json`, `data/{s.name}*.csv`."))
         for path, name in figs.get(spec.key, []):
             blocks.append(("figure", (path, name)) if path else ("p", name))
+        if spec.key in views:
+            blocks.append(views[spec.key])
 
     rows, tot = _timing_rows(plan, records)
     blocks.append(("h2", "Time"))

@@ -11,8 +11,8 @@ at the end of every run.
 
 Timing: every stage's wall-clock time is split into the model's forward passes
 (`glt.iter_residuals`' forward calls), the lens read-out (`glt.readout` calls) and the rest
-("analysis"), by wrapping those functions while the stage runs (`glt.core._meter`); plotting
-and the report are timed as their own stages.
+("analysis"): those functions report to the `glt.core._meter` meter active while the stage runs
+(nothing is patched); plotting and the report are timed as their own stages.
 
 Example:
     >>> cfg = study_config(model="default", lens="logit", quick=True)
@@ -25,16 +25,18 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 from glt._version import __version__
 from glt.core._check import checked
+from glt.core._codec import Format, read_tagged, write_tagged
 from glt.core._errors import GltError
-from glt.core._io import atomic_write_text, read_json, write_json
+from glt.core._io import atomic_write_text, read_json, write_json, writing
 from glt.core._meter import Meter
-from glt.pipeline._context import StudyContext, default_lens_name
+from glt.core._paths import folder_target
+from glt.pipeline._context import StudyContext, default_lens_name, lens_folder_kind
 from glt.pipeline._plan import plan_stages
 from glt.pipeline._report import write_report
 from glt.pipeline._timing import timing
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 _MANIFEST = "study.json"
+_MANIFEST_FORMAT = Format("glt.study", "study manifest", "pass --force to recompute the study, or choose another --out",
+                          source="glt study")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ class StudyConfig:
 
     Attributes:
         model: model name or path (`glt.load_model`).
-        lenses: ``("tuned",)``, ``("logit",)`` or both.
+        lenses: ``("tuned",)``, ``("least_squares",)``, ``("logit",)`` or ``("tuned", "logit")``.
         lens_path: tuned-lens folder (None: the shipped lens of the model).
         quick: whether the sizes are the quick preset (informational).
         seed: data-sampling seed.
@@ -114,31 +118,42 @@ QUICK: dict[str, Any] = {
 FULL: dict[str, Any] = {"quick": False}
 
 
+@checked  # the CLI's values too: a wrong --lens is a GltError listing the lenses
 def study_config(
     *,
     model: str = "default",
-    lens: str | None = None,
+    lens: Literal["tuned", "least_squares", "logit", "both"] | None = None,
     quick: bool = False,
     config_file: str | None = None,
     lens_path: str | None = None,
 ) -> StudyConfig:
-    """Resolve the CLI options into a `StudyConfig` (quick preset, then the JSON overrides)."""
+    """Resolve the CLI options into a `StudyConfig` (quick preset, then the JSON overrides).
+
+    ``lens`` None picks the shipped tuned lens where one ships for ``model`` (or the one at
+    ``lens_path``), else ``"least_squares"``: a lens fitted on the spot on the offline Wikipedia
+    sample and cached (`glt.lenses.fit._cached`). ``"both"`` is the tuned and the logit lens. A
+    ``lens_path`` holding a Jacobian lens (`glt.JacobianLens`) runs as the lens ``"jacobian"``.
+    """
     if lens is None:
         lens = "tuned" if lens_path else default_lens_name(model)
-    if lens not in ("tuned", "logit", "both"):
-        raise GltError(f"lens must be 'tuned', 'logit' or 'both', got {lens!r}")
+    if lens_path is not None and lens in ("least_squares", "logit"):
+        raise GltError(f"--lens-path is the tuned lens's folder, but --lens is {lens!r}: pass --lens "
+                       "tuned (or both) with it, or drop --lens-path")
     lenses = ("tuned", "logit") if lens == "both" else (lens,)
+    if lens_path is not None and lens_folder_kind(lens_path) == "jacobian":
+        lenses = tuple("jacobian" if x == "tuned" else x for x in lenses)
     if "tuned" in lenses and lens_path is None:
         if model != "default":
             raise GltError(
                 f"--lens {lens}: glt ships a tuned lens for the default model only, not for "
-                f"{model!r}: pass --lens logit, or --lens-path FOLDER with a lens trained for it "
-                "(`glt lens train`)"
+                f"{model!r}: pass --lens least_squares (fitted on the spot and cached), --lens "
+                "logit, or --lens-path FOLDER with a lens trained for it (`glt lens train`)"
             )
         if default_lens_name(model) != "tuned":
             raise GltError(
                 f"--lens {lens}: no tuned lens ships with this glt build yet "
-                "(glt/assets/lenses/default is missing): pass --lens logit, or --lens-path FOLDER"
+                "(glt/assets/lenses/default is missing): pass --lens least_squares, --lens logit, "
+                "or --lens-path FOLDER"
             )
     kw: dict[str, Any] = {"model": model, "lenses": lenses, "lens_path": lens_path}
     kw.update(QUICK if quick else FULL)
@@ -155,10 +170,10 @@ def _check_out(out: Path, config: StudyConfig, resume: bool, force: bool) -> Non
     if resume and force:
         raise GltError("pass either --resume (keep finished stages) or --force (recompute all), not both")
     if manifest.is_file():
-        old = read_json(manifest, "study manifest")
+        old = read_tagged(manifest, _MANIFEST_FORMAT) if resume else {}
         if resume and old.get("config") != json.loads(json.dumps(config.to_dict())):
-            diff = sorted(k for k, v in config.to_dict().items()
-                          if json.loads(json.dumps(v)) != old.get("config", {}).get(k))
+            saved = old.get("config") if isinstance(old.get("config"), dict) else {}
+            diff = sorted(k for k, v in config.to_dict().items() if json.loads(json.dumps(v)) != saved.get(k))
             raise GltError(
                 f"--resume: {out} holds a study with different settings ({', '.join(diff)}): "
                 "rerun with the same options, or pick a new --out, or pass --force to recompute"
@@ -198,15 +213,15 @@ def run_study(
     Returns:
         ``out`` as a Path.
     """
-    out = Path(out)
+    out = folder_target(out, "study output folder")
     _check_out(out, config, resume, force)
     plan = plan_stages(config, stages)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    with writing(out, "study output folder"):
+        (out / "data").mkdir(parents=True, exist_ok=True)
     for folder in ("data", "timings", "figures", "."):  # temp files of a killed run
         for tmp in (out / folder).glob(".*.tmp"):
             tmp.unlink()
-    write_json(out / _MANIFEST, {"format": "glt.study", "version": 1, "glt": __version__,
-                                  "config": config.to_dict()})
+    write_tagged(out / _MANIFEST, _MANIFEST_FORMAT, {"glt": __version__, "config": config.to_dict()})
     ctx = StudyContext(config, progress=progress)
     records: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}

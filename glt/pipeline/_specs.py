@@ -6,19 +6,18 @@ so a stage gives the same result whenever it runs.
 
 import dataclasses
 import random
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from glt.core._capture import capture_residuals
-from glt.core._io import read_result, write_json
+from glt.core._codec import Format, Saved
 from glt.core._models import model_name
 from glt.decoding._readout import Readout, readout
 from glt.pipeline._context import StudyContext
 from glt.pipeline._stages import Stage, StudySpec, fmt, pct
 from glt.plotting._curves import plot_side_by_side, plot_token_heatmap
+from glt.plotting._explorer import Explorer
 from glt.plotting._style import glt_style, new_figure
 from glt.studies.multiple_choice import MultipleChoiceResult
 from glt.studies.multiple_choice._data import load_mc_dataset, mmlu_shots, split_binary_shots
@@ -35,33 +34,22 @@ __all__ = ["TextReadout", "heatmap_spec", "multiple_choice_spec", "part_of_speec
 
 # ---------------------------------------------------------------- heatmap (one text, every layer)
 @dataclasses.dataclass(frozen=True, eq=False)
-class TextReadout:
-    """A `glt.Readout` of one text with its token strings, saved as JSON (for the heatmap)."""
+class TextReadout(Saved):
+    """A `glt.Readout` of one text with its token strings, saved as JSON (for the heatmap).
 
-    readout: Any
+    The read-out is stored field by field, with the same declared dtypes and shape checks as
+    `glt.Readout.save`'s safetensors file.
+    """
+
+    _format: ClassVar[Format] = Format("glt.TextReadout", "text read-out", "delete it and rerun the study")
+
+    readout: Readout
     strings: dict[int, str]
     text: str
     model: str
 
     def decode(self, i: int) -> str:
         return self.strings.get(int(i), str(int(i)))
-
-    def save(self, path: Path) -> Path:
-        r = self.readout
-        fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
-        return write_json(path, {"format": "glt.TextReadout", "version": 1, "text": self.text,
-                                 "model": self.model, "readout": fields,
-                                 "strings": {str(k): v for k, v in self.strings.items()}})
-
-    @classmethod
-    def load(cls, path: Path) -> "TextReadout":
-        with read_result(path, "glt.TextReadout", "text read-out", "delete it and rerun the study") as d:
-            f = d["readout"]
-            ints = ("batch_index", "pos_index", "input_ids", "targets", "ranks", "topk_ids")
-            kw = {k: torch.tensor(v, dtype=torch.long if k in ints else torch.float32)
-                  for k, v in f.items() if k not in ("layer_labels", "lens")}
-            r = Readout(layer_labels=tuple(f["layer_labels"]), lens=f["lens"], **kw)
-            return cls(r, {int(k): v for k, v in d["strings"].items()}, d["text"], d["model"])
 
 
 def _run_heatmap(ctx: StudyContext, stage: Stage) -> TextReadout:
@@ -76,6 +64,16 @@ def _run_heatmap(ctx: StudyContext, stage: Stage) -> TextReadout:
 def _heat_figs(results: dict[Stage, Any]) -> dict[str, Any]:
     return {f"heatmap_{s.lens}": plot_token_heatmap(res.readout, tokenizer=res.decode)
             for s, res in results.items()}
+
+
+def _heat_explorer(results: dict[Stage, Any]) -> str:
+    """report.html's layer explorer of the heatmap text, one grid per lens."""
+    ordered = sorted(results.items(), key=lambda kv: kv[0].lens != "logit")
+    strings = {i: t for _, res in ordered for i, t in res.strings.items()}
+    text = ordered[0][1].text
+    return Explorer.from_readouts({s.lens: res.readout for s, res in ordered},
+                                  tokenizer=lambda i: strings.get(i, str(i)),
+                                  title=f"Layer explorer of the heatmap text: {text}").to_html(standalone=False)
 
 
 def _heat_head(res: TextReadout) -> list[tuple[str, str]]:
@@ -225,7 +223,7 @@ def heatmap_spec() -> StudySpec:
     """The heatmap stage: one text, every layer."""
     return StudySpec("heatmap", "One text, every layer", _run_heatmap, TextReadout.load,
         lambda r: {"": r.readout.to_dataframe()}, _heat_figs, _heat_head, key_rows=(),
-        description="The top-1 token of every layer at every position of one text.")
+        description="The top-1 token of every layer at every position of one text.", interactive=_heat_explorer)
 
 
 def part_of_speech_spec() -> StudySpec:

@@ -22,7 +22,9 @@ class StudySpec:
     ``run(ctx, stage)`` returns a result with ``save(path)``; ``load(path)`` reads it back;
     ``tables(result)`` gives ``{file suffix: DataFrame}``; ``figures(results)`` draws from
     ``{stage: result}``; ``headlines(result)`` gives ``[(label, value)]`` for the report, whose
-    rows at indices ``key_rows`` also go into the report's summary at the top.
+    rows at indices ``key_rows`` also go into the report's summary at the top. ``interactive(results)``,
+    when given, returns an HTML fragment that ``report.html`` shows after the figures (the layer
+    explorer); ``report.md`` keeps the static figures only.
     """
 
     key: str
@@ -37,6 +39,7 @@ class StudySpec:
     needs_frequency: bool = False
     description: str = ""
     key_rows: tuple[int, ...] = (0, 1)
+    interactive: Callable[[dict["Stage", Any]], str] | None = None
 
     def save(self, result: Any, path: Path) -> Any:
         return result.save(path)

@@ -1,6 +1,14 @@
-"""Plotting: glt's style and the generic curves (rank over depth, onsets, token heatmap, side by side).
+"""Plotting: glt's style, the generic curves (rank over depth, onsets, token heatmap, side by side)
+and the interactive layer explorer (`explore`, `Explorer`).
 
-Each study's own plots live in its subpackage (`glt.studies.guess_then_refine`, ...).
+`glt_style` and `new_figure` (`_style`) give every figure the same colour-blind-safe colours,
+labelled layer axes and the N behind every curve. `_curves` draws what any read-out gives: rank
+curves over depth, onset-vs-k curves, a token heatmap, and `plot_side_by_side`, two results of
+one kind (say logit vs tuned lens) in two panels with the plot their class registered
+(`register_plot`). Every ``plot_*`` returns its figure or axes and never calls ``plt.show()``.
+
+Each study's own plots live in its subpackage (`glt.studies.guess_then_refine`, ...) and register
+there: this subpackage knows no study. It imports `glt.core` and `glt.decoding`.
 """
 
 from glt.plotting._curves import (
@@ -18,6 +26,12 @@ from glt.plotting._curves import (
 from glt.plotting._curves import (
     register_plot as register_plot,
 )
+from glt.plotting._explorer import (
+    Explorer as Explorer,
+)
+from glt.plotting._explorer import (
+    explore as explore,
+)
 from glt.plotting._style import (
     glt_style as glt_style,
 )
@@ -26,6 +40,8 @@ from glt.plotting._style import (
 )
 
 __all__ = [
+    "Explorer",
+    "explore",
     "glt_style",
     "new_figure",
     "plot_onset_curves",

@@ -14,7 +14,7 @@ Example:
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -178,8 +178,8 @@ def _curves_of(result: Any) -> list[Any]:
 def plot_onset_curves(
     result: Any,
     *,
-    kind: str = "both",
-    stat: str = "mean",
+    kind: Literal["first", "stable", "both"] = "both",
+    stat: Literal["mean", "median"] = "mean",
     groups: Sequence[str] | None = None,
     n_layers: int | None = None,
     ax: Any = None,
@@ -216,10 +216,6 @@ def plot_onset_curves(
         >>> line.get_xdata().tolist(), line.get_ydata().tolist(), line.get_label()
         ([0.5, 0.0], [1.0, 10.0], 'DET (N=2)')
     """
-    if kind not in ("first", "stable", "both"):
-        raise GltError(f"kind must be 'first', 'stable' or 'both', got {kind!r}")
-    if stat not in ("mean", "median"):
-        raise GltError(f"stat must be 'mean' or 'median', got {stat!r}")
     curves = _curves_of(result)
     kinds = ("first", "stable") if kind == "both" else (kind,)
     names = list(groups) if groups is not None else list(dict.fromkeys(c.group for c in curves))
@@ -279,7 +275,7 @@ def plot_token_heatmap(
     readout: Any,
     *,
     tokenizer: Any = None,
-    color: str = "prob",
+    color: Literal["prob", "rank"] = "prob",
     batch: int = 0,
     ax: Any = None,
     max_chars: int = 7,
@@ -306,8 +302,6 @@ def plot_token_heatmap(
         >>> # fig = plot_token_heatmap(r, tokenizer=model.tokenizer)
         >>> # fig.savefig("heatmap.png")
     """
-    if color not in ("prob", "rank"):
-        raise GltError(f"color must be 'prob' or 'rank', got {color!r}")
     b = as_numpy(readout.batch_index)
     rows = np.nonzero(b == batch)[0]
     if rows.size == 0:

@@ -1,7 +1,6 @@
 """The ``glt`` command line: inspect (table and JSON), study option handling, errors."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 
 import glt
 from glt.cli._main import build_parser, format_inspect, inspect_text, main
+from tests.helpers import run_bounded
 
 TEXT = "the capital of france is"
 
@@ -91,13 +91,14 @@ def test_study_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def test_inspect_text_validates():
-    with pytest.raises(glt.GltError):
-        inspect_text("", model=None, lens=None)
+    lens = glt.LogitLens(glt.Unembed(torch.nn.Identity(), torch.eye(3), None), n_layers=1)
+    with pytest.raises(glt.GltError, match="TEXT must be non-empty"):
+        inspect_text("", model=None, lens=lens)
 
 
 @pytest.mark.parametrize("module", ["glt", "glt.cli._main"])
 def test_module_entry_point_help(module):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    out = run_bounded([sys.executable, "-m", module, "--help"], what=f"python -m {module} --help", timeout=300)
     assert out.returncode == 0 and "inspect" in out.stdout and "study" in out.stdout
 
 

@@ -107,31 +107,34 @@ def test_corrupted_model_cache_names_folder_and_fix(tmp_path, monkeypatch, tiny_
         glt.load_model("tiny")
 
 
-LOADERS = [  # every saved result: (loader, its format key and value, what the messages call it)
-    (glt.GuessRefineResult.load, "format", "glt.GuessRefineResult/1", "guess-then-refine result"),
-    (glt.FactRecallResult.load, "format", "glt.FactRecallResult/1", "fact-recall result"),
-    (glt.PosResult.load, "format", "glt.PosResult/1", "part-of-speech result"),
-    (glt.MultipleChoiceResult.load, "kind", "glt.MultipleChoiceResult", "multiple-choice result"),
-    (glt.EarlyExitResult.load, "format", "glt.EarlyExitResult", "early-exit result"),
-    (glt.PatchingResult.load, "format", "glt.PatchingResult", "patching result"),
-    (glt.LensEvaluation.load, "kind", "glt.LensEvaluation", "lens evaluation"),
-    (TextReadout.load, "format", "glt.TextReadout", "text read-out"),
+LOADERS = [  # every saved result: (loader, its format tag, what the messages call it)
+    (glt.GuessRefineResult.load, "glt.GuessRefineResult", "guess-then-refine result"),
+    (glt.FactRecallResult.load, "glt.FactRecallResult", "fact-recall result"),
+    (glt.PosResult.load, "glt.PosResult", "part-of-speech result"),
+    (glt.MultipleChoiceResult.load, "glt.MultipleChoiceResult", "multiple-choice result"),
+    (glt.EarlyExitResult.load, "glt.EarlyExitResult", "early-exit result"),
+    (glt.PatchingResult.load, "glt.PatchingResult", "patching result"),
+    (glt.LensEvaluation.load, "glt.LensEvaluation", "lens evaluation"),
+    (TextReadout.load, "glt.TextReadout", "text read-out"),
 ]
 
 
-@pytest.mark.parametrize("load,key,fmt,what", LOADERS, ids=[w for *_, w in LOADERS])
-def test_result_loaders_refuse_other_files_with_one_glt_error(tmp_path, load, key, fmt, what):
+@pytest.mark.parametrize("load,fmt,what", LOADERS, ids=[w for *_, w in LOADERS])
+def test_result_loaders_refuse_other_files_with_one_glt_error(tmp_path, load, fmt, what):
     import json
 
     f = tmp_path / "r.json"
-    f.write_text(json.dumps({key: "glt.SomethingElse"}))
-    with pytest.raises(glt.GltError, match=f"is not a glt {what} .*expected '{fmt}'.*save"):
+    f.write_text(json.dumps({"format": "glt.SomethingElse", "version": 1}))
+    with pytest.raises(glt.GltError, match=f"is not a glt {what} .*expected format '{fmt}'.*save"):
         load(f)
     f.write_text("[1, 2]")
     with pytest.raises(glt.GltError, match=f"is not a glt {what}"):
         load(f)
-    f.write_text(json.dumps({key: fmt}))  # the right format, but no fields
+    f.write_text(json.dumps({"format": fmt, "version": 1}))  # the right format, but no fields
     with pytest.raises(glt.GltError, match=f"{what} .* is malformed"):
+        load(f)
+    f.write_text(json.dumps({"format": fmt, "version": 99}))  # written by a newer glt
+    with pytest.raises(glt.GltError, match=f"{what} .* version 99, newer .*upgrade glt"):
         load(f)
     with pytest.raises(glt.GltError, match="does not exist"):
         load(tmp_path / "missing.json")

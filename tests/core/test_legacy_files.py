@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 import glt
+from tests.helpers import run_bounded
 
 
 def fixtures_dir(version: str = "v0_1_0") -> Path:
@@ -369,7 +369,7 @@ def test_study_folder_resumes(tmp_path):
                PYTHONPATH=os.pathsep.join([str(Path(glt.__file__).resolve().parents[1]),
                                            os.environ.get("PYTHONPATH", "")]))
     argv = [sys.executable, "-m", "glt", *e["argv"], "--out", "study", "--resume"]
-    run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = run_bounded(argv, what="glt study --resume on the 0.1.0 study folder", timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "study" / "timings" / "summary.json").read_text())
     assert {k: v["status"] for k, v in summary["stages"].items()} == {s: "resumed" for s in e["stages"]}

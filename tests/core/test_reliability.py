@@ -51,7 +51,7 @@ from glt.studies.multiple_choice._prompts import MCPrompt
 from glt.studies.multiple_choice._result import MultipleChoiceResult
 from glt.studies.part_of_speech._run import PosResult
 from glt.studies.patching._run import PatchingResult
-from tests.helpers import WORDS, make_tiny_folder
+from tests.helpers import WORDS, make_tiny_folder, run_bounded, wait_bounded
 
 VOCAB, N_CTX, N_LAYERS = 101, 67, 3
 FAST = settings(max_examples=20, deadline=None, derandomize=True,
@@ -631,7 +631,7 @@ def test_killed_writer_leaves_old_or_new_file_never_half(tmp_path):
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        wait_bounded(proc, what="the killed writer to exit", timeout=60)
         data = read_json(target, "result")
         assert data["end"] is True and len(data["pad"]) == 400_000
     leftovers = [p.name for p in target.parent.iterdir() if p.name != "result.json"]
@@ -708,7 +708,8 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
         return [sys.executable, str(script), str(folder), str(tmp_path / "texts.json"), ck, str(out), str(log)]
 
     ref_out = tmp_path / "ref"
-    subprocess.run(cmd("", ref_out, tmp_path / "ref.log"), env=env, check=True, capture_output=True)
+    run_bounded(cmd("", ref_out, tmp_path / "ref.log"), what="the uninterrupted reference training", timeout=900,
+                env=env, check=True)
     assert _steps_done(tmp_path / "ref.log") == _TRAIN_STEPS
     step_s = _step_seconds(tmp_path / "ref.log")
 
@@ -729,12 +730,12 @@ def test_killed_lens_training_resumes_to_the_uninterrupted_lens(tiny_root, tmp_p
         time.sleep(rng.uniform(0.0, 0.9) * step_s)  # inside the next step or its checkpoint write
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            wait_bounded(proc, what="the killed training to exit", timeout=60)
             kills.append((at, _steps_done(log)))
         else:
-            proc.wait()
+            wait_bounded(proc, what="the training run that finished before its kill", timeout=60)
     assert kills, "no run was killed"
-    done = subprocess.run(cmd(str(ck), out, log), env=env, capture_output=True, text=True)
+    done = run_bounded(cmd(str(ck), out, log), what="the resumed training", timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     ref, got = _lens_tensors(ref_out), _lens_tensors(out)
     why = f"GLT_KILL_SEED={seed}, kills (step reached, steps logged) {kills}"

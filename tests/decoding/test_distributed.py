@@ -1,7 +1,6 @@
 """Sharded read-outs: two gloo processes under torchrun merge to exactly the one-process result."""
 
 import os
-import subprocess
 import sys
 import textwrap
 from dataclasses import fields
@@ -13,7 +12,7 @@ from jaxtyping import TypeCheckError
 import glt
 from glt.core._distributed import all_gather_list, rank_and_world, shard_range
 from glt.decoding._sharded import sharded_readout
-from tests.helpers import make_tiny_folder
+from tests.helpers import make_tiny_folder, run_bounded
 
 TEXTS = [
     "the capital of france is paris", "a river of the country", "he was in the city",
@@ -75,7 +74,7 @@ def test_two_gloo_processes_merge_to_the_single_process_readout(tiny_root, tmp_p
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(folder), str(out), json.dumps(TEXTS)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    done = run_bounded(cmd, what="two torchrun ranks reading out and merging", timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "rank 0 of 2 read" in done.stdout and "rank 1 of 2 read" in done.stdout
     assert "rank 0 finished" in done.stdout and "rank 1 finished" in done.stdout

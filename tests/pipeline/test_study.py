@@ -22,6 +22,7 @@ import glt.pipeline._run as _study  # noqa: E402
 from glt.core._meter import Meter, forward_timer  # noqa: E402
 from glt.pipeline._plan import plan_stages  # noqa: E402
 from glt.pipeline._run import StudyConfig, run_study, study_config  # noqa: E402
+from tests.helpers import run_bounded, wait_bounded  # noqa: E402
 
 TINY_SIZES = {"gtr_texts": 4, "gtr_max_tokens": 12, "fact_items": 8, "freq_paragraphs": 20,
               "heatmap_text": "the capital of france is paris"}
@@ -73,7 +74,7 @@ def test_study_config_unknown_key(tmp_path):
 
 def test_tuned_lens_missing_is_a_glt_error(tmp_path, monkeypatch):
     monkeypatch.setattr(_context, "_ASSETS", tmp_path / "no-lenses")
-    assert _context.default_lens_name("default") == "logit"
+    assert _context.default_lens_name("default") == "least_squares"  # no lens ships: fitted on the spot
     with pytest.raises(glt.GltError, match="no tuned lens ships"):
         study_config(lens="tuned")
     with pytest.raises(glt.GltError, match="no tuned lens ships"):
@@ -105,7 +106,7 @@ def test_out_folder_rules(tmp_path):
         _study._check_out(other, cfg, resume=False, force=False)
     done = tmp_path / "done"
     done.mkdir()
-    glt.core._io.write_json(done / "study.json", {"config": cfg.to_dict()})
+    glt.core._io.write_json(done / "study.json", {"format": "glt.study", "version": 1, "config": cfg.to_dict()})
     with pytest.raises(glt.GltError, match="already holds a study"):
         _study._check_out(done, cfg, resume=False, force=False)
     _study._check_out(done, cfg, resume=True, force=False)  # same settings: fine
@@ -234,7 +235,8 @@ def test_kill_and_resume_gives_the_uninterrupted_results(tiny_folder, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "GLT_CACHE": str(tmp_path / "cache")}
     ref = tmp_path / "ref"
     t0 = time.perf_counter()
-    subprocess.run(_study_cmd(tiny_folder, cfg_file, ref), env=env, check=True, capture_output=True)
+    run_bounded(_study_cmd(tiny_folder, cfg_file, ref), what="the uninterrupted reference study", timeout=900,
+                env=env, check=True)
     duration = time.perf_counter() - t0
     expected = result_files(ref)
     assert len(expected) >= 8
@@ -252,11 +254,11 @@ def test_kill_and_resume_gives_the_uninterrupted_results(tiny_folder, tmp_path):
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            wait_bounded(proc, what="the killed study to exit", timeout=60)
             killed_with.append(round(delay, 2))
     assert killed_with, f"no run was killed (seed={seed}): the study finished too early"
-    done = subprocess.run(_study_cmd(tiny_folder, cfg_file, out, "--resume"), env=env,
-                          capture_output=True, text=True)
+    done = run_bounded(_study_cmd(tiny_folder, cfg_file, out, "--resume"), what="the resumed study",
+                       timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     got = result_files(out)
     assert sorted(got) == sorted(expected), f"seed={seed} kills at {killed_with} s"

@@ -7,8 +7,6 @@ interruption at any moment leaves the previous complete checkpoint.
 """
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as to_bytes
 
 from glt.core._errors import GltError
-from glt.core._io import atomic_write_bytes, read_json, recover_dir, replace_dir, write_json
+from glt.core._io import atomic_dir, atomic_write_bytes, read_json, recover_dir, write_json
+from glt.lenses._tuned import TunedLens
 
 __all__ = ["load_checkpoint", "save_checkpoint", "save_tensors"]
 
@@ -32,7 +31,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], rank
 
 
 def save_checkpoint(
-    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer | None,
+    folder: str | os.PathLike, fingerprint: str, lens: TunedLens, opt: torch.optim.Optimizer | None,
     step: int, history: list[dict[str, Any]], rank: int = 0, search: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint for ``step`` completed steps (rank 0 only; others return)."""
@@ -41,7 +40,6 @@ def save_checkpoint(
         return
 
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": lens.weight.detach().contiguous().clone(), "bias": lens.bias.detach().contiguous().clone()}
     scalars: dict[str, Any] = {}
     params = lens.translators()
@@ -51,20 +49,15 @@ def save_checkpoint(
                 tensors[f"opt.{i}.{key}"] = val.detach().contiguous().clone()
             else:
                 scalars[f"{i}.{key}"] = float(val)
-    tmp = Path(tempfile.mkdtemp(prefix=".latest.", suffix=".tmp", dir=root))
-    try:
+    with atomic_dir(root / "latest", "checkpoint") as tmp:  # creates root; OSErrors become GltError
         save_file(tensors, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {"fingerprint": fingerprint, "step": step, "history": history,
                                         "opt_scalars": scalars, "lens_config": lens.config,
                                         **({"search": search} if search is not None else {})})
-        replace_dir(tmp, root / "latest")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(
-    folder: str | os.PathLike, fingerprint: str, lens: Any, opt: torch.optim.Optimizer | None
+    folder: str | os.PathLike, fingerprint: str, lens: TunedLens, opt: torch.optim.Optimizer | None
 ) -> dict[str, Any] | None:
     """Restore ``lens`` and ``opt`` from ``folder/latest``; None when there is no checkpoint.
 

@@ -9,7 +9,7 @@ Rows are every real position that has a next token inside its sequence, BOS posi
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 
 from glt.core._capture import iter_residuals, layer_labels
 from glt.core._check import checked
+from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
-from glt.core._io import read_result, write_json
 from glt.core._models import model_name
 from glt.lenses._logit import LogitLens
+from glt.lenses._protocol import Lens
+from glt.lenses._tuned import TunedLens
 from glt.lenses.fit._data import plan_sequences
 from glt.lenses.fit._loss import tiled_kl_ce
 
@@ -29,7 +31,7 @@ __all__ = ["LensEvaluation", "evaluate_lens", "finish_training"]
 
 
 @dataclass(frozen=True, eq=False)
-class LensEvaluation:
+class LensEvaluation(Saved):
     """Per-row KL and cross-entropy of several lenses on the same held-out rows.
 
     Attributes:
@@ -41,6 +43,10 @@ class LensEvaluation:
         skipped: rows not evaluated, by reason, with counts.
         compute_dtype: dtype of the logit matmuls.
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.LensEvaluation", "lens evaluation", "delete it and re-run the evaluation",
+        legacy=(("kind", "glt.LensEvaluation"),), sizes={"lens": "lenses", "layer": "layer_labels"})
 
     lenses: tuple[str, ...]
     layer_labels: tuple[str, ...]
@@ -75,30 +81,11 @@ class LensEvaluation:
                              "kl_q75": float(q[2]), "ce_mean": float(ce.mean()), "n": kl.numel()})
         return pd.DataFrame(rows)
 
-    def save(self, path: Any) -> None:
-        """Write JSON atomically (per-row values included)."""
-        write_json(path, self.to_json())
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-able content `save` writes."""
-        return {"kind": "glt.LensEvaluation", "lenses": list(self.lenses),
-                          "layer_labels": list(self.layer_labels), "kl": self.kl, "ce": self.ce,
-                          "model": self.model, "data": self.data, "skipped": self.skipped,
-                          "compute_dtype": self.compute_dtype}
-
-    @classmethod
-    def load(cls, path: Any) -> "LensEvaluation":
-        with read_result(path, "glt.LensEvaluation", "lens evaluation", "delete it and re-run the evaluation",
-                         key="kind") as d:
-            return cls(tuple(d["lenses"]), tuple(d["layer_labels"]), torch.tensor(d["kl"], dtype=torch.float32),
-                       torch.tensor(d["ce"], dtype=torch.float32), d["model"], d["data"], d.get("skipped", {}),
-                       d.get("compute_dtype", "torch.float32"))
-
 
 @checked
 def evaluate_lens(
     model: Any,
-    lenses: Mapping[str, Any],
+    lenses: Mapping[str, Lens],
     texts: Sequence[str],
     *,
     max_rows: int | None = None,
@@ -122,7 +109,10 @@ def evaluate_lens(
     if not isinstance(lenses, Mapping) or not lenses:
         raise GltError("lenses must be a non-empty dict of name -> lens, e.g. {'logit': glt.LogitLens.from_model(model)}")
     n_layers = int(model.cfg.n_layers)
-    for lens in lenses.values():
+    for name, lens in lenses.items():  # the signature's check samples one entry: check them all
+        if not isinstance(lens, Lens):
+            raise GltError(f"lenses[{name!r}] must be a glt.Lens (name, unembed, transform_stack, check_compatible), "
+                           f"got {type(lens).__name__}: pass e.g. glt.LogitLens.from_model(model)")
         lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
     seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
     cand = [(i, p) for i, s in enumerate(seqs) for p in range(len(s) - 1) if s[p] != bos]
@@ -175,7 +165,7 @@ def summarize(ev: LensEvaluation) -> dict[str, Any]:
 
 
 def finish_training(
-    model: Any, lens: Any, baseline: tuple[str, Any] | None, heldout_texts: Sequence[str] | None,
+    model: Any, lens: TunedLens, baseline: tuple[str, Lens] | None, heldout_texts: Sequence[str] | None,
     out: Any, *, eval_rows: int, seed: int, rank: int, progress: bool,
 ) -> LensEvaluation | None:
     """Evaluate a freshly trained lens on held-out text and save it with the evaluation.

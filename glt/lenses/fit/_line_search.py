@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from glt.lenses._tuned import TunedLens
 from glt.lenses.fit._loss import tiled_kl_ce
 
 __all__ = ["LineSearch"]
@@ -48,7 +49,7 @@ class LineSearch:
     (normalised to mean 1); None weighs them equally.
     """
 
-    def __init__(self, lens: Any, h_val: Float[Tensor, "layer row d_model"], W: Tensor, *,
+    def __init__(self, lens: TunedLens, h_val: Float[Tensor, "layer row d_model"], W: Tensor, *,
                  start: float = 0.01, tile: int = 8192, layers: Tensor | None = None,
                  row_weight: Callable[[Tensor], Tensor] | None = None) -> None:
         self.lens, self.W, self.tile = lens, W, tile

@@ -1,5 +1,8 @@
 """Training a tuned lens: least-squares initialisation, then KL(final || lens) minimisation.
 
+The recipe's knobs (named below as keywords, e.g. ``optimizer="sgd"``) are the fields of
+`glt.TrainConfig` (`glt.lenses.fit._config`), passed as a config or as keywords.
+
 Pieces:
 
 * objective: ``KL(p_final || p_lens)`` at the same position, averaged over read positions and
@@ -45,7 +48,6 @@ group itself: ``torchrun --nproc_per_node 4 -m glt lens train --corpus wikipedia
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -60,8 +62,10 @@ from glt.core._capture import iter_residuals
 from glt.core._check import checked, layer_indices
 from glt.core._distributed import all_reduce_sum, rank_and_world
 from glt.core._errors import GltError
+from glt.core._paths import folder_target
 from glt.lenses._tuned import TunedLens, _fill, _read_params
 from glt.lenses.fit._checkpoints import load_checkpoint, save_checkpoint, save_tensors
+from glt.lenses.fit._config import TrainConfig, config_with
 from glt.lenses.fit._data import (
     plan_sequences,
     plan_steps,
@@ -107,27 +111,9 @@ def _fingerprint(settings: dict[str, Any], seqs: list[list[int]]) -> str:
 def train_tuned_lens(
     model: Any,
     texts: Sequence[str],
+    config: TrainConfig | None = None,
     *,
-    init: "str | TunedLens" = "least_squares",
-    max_tokens: int = 65_536,
-    tokens_per_step: int = 1024,
-    least_squares_tokens: int = 16_384,
-    ridge: float = 1e-4,
-    optimizer: str = "linesearch",
-    lr: float = 1.0,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-3,
-    grad_clip: float = 1.0,
     frequency_counts: Tensor | None = None,
-    frequency_alpha: float = 1.0,
-    layers: Sequence[int] | None = None,
-    seq_len: int = 256,
-    batch_size: int = 8,
-    val_rows: int = 48,
-    row_chunk: int = 64,
-    compute_dtype: torch.dtype = torch.float32,
-    vocab_tile: int = 8192,
-    seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     callback: Callable[[int, int, TunedLens], None] | None = None,
@@ -136,34 +122,25 @@ def train_tuned_lens(
     out: str | os.PathLike | None = None,
     data_name: str | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> TunedLens:
     """Train a tuned lens for ``model`` on ``texts`` (see the module docstring for the recipe).
+
+    The recipe is a `glt.TrainConfig`; its fields may also be passed as keywords, which replace
+    those of ``config`` (``train_tuned_lens(model, texts, max_tokens=4096, optimizer="sgd")`` and
+    ``train_tuned_lens(model, texts, TrainConfig(max_tokens=4096, optimizer="sgd"))`` are the same
+    run). A keyword that is neither a field nor an argument below raises `GltError` listing both.
 
     Args:
         model: a TransformerLens model (its weights are never changed).
         texts: training texts; cut into sequences of at most ``seq_len`` tokens.
-        init: ``"least_squares"`` (closed-form fit on ``least_squares_tokens`` positions, then
-            KL training), ``"zero"`` (the logit lens, tuned-lens's init) or a `TunedLens` to
-            start from (copied, e.g. a saved least-squares fit).
-        max_tokens: KL-training budget in read positions; ``steps = max_tokens // tokens_per_step``
-            (0 steps with ``init="least_squares"`` returns the least-squares lens).
-        tokens_per_step: read positions per optimiser step (over all ranks).
-        optimizer: ``"sgd"`` (the recipe), ``"adam"`` (AMSGrad, lr ``1e-3 * lr``, as tuned-lens)
-            or ``"linesearch"`` (diagonally preconditioned gradient with per-layer step sizes
-            chosen on ``val_rows`` positions held out of the training texts, at most 8 per
-            text; see `glt.lenses.fit._line_search`; ``lr``, ``momentum``, ``weight_decay`` and ``grad_clip``
-            do not apply).
-        lr, momentum, weight_decay, grad_clip: the recipe (``lr`` before the ``1 - momentum``
-            factor is applied for SGD).
-        frequency_counts, frequency_alpha: the frequency-reweighted objective (counts per token
-            id, ``[d_vocab]``, e.g. ``glt.load_frequency(...).counts``); None trains the plain
-            objective.
-        row_chunk, vocab_tile, compute_dtype: memory/speed knobs (bfloat16 tiles are ~3x faster
-            on CPUs with AVX512-BF16).
-        seed: fixes the data order; the same seed gives the same lens.
+        config: the recipe (default ``TrainConfig()``: least-squares start, then the line search).
+        frequency_counts: counts per token id, ``[d_vocab]`` (e.g. ``glt.load_frequency(...).counts``):
+            train the frequency-reweighted objective with exponent ``frequency_alpha``; None
+            trains the plain objective.
         checkpoint_dir: where to checkpoint every ``checkpoint_every`` steps (atomic); a run
-            started again with the same settings resumes after the last completed step (with
-            ``optimizer="linesearch"`` a larger ``max_tokens`` extends a finished run).
+            started again with the same recipe, texts and counts resumes after the last completed
+            step (with ``optimizer="linesearch"`` a larger ``max_tokens`` extends a finished run).
         callback: ``callback(step, tokens_seen, lens)`` after each step (rank 0 only).
         heldout_texts: texts not used in training: the lens is evaluated on ``eval_rows`` of
             their positions (per-layer KL to final and next-token cross-entropy of ``logit``,
@@ -173,34 +150,28 @@ def train_tuned_lens(
         out: folder to save the lens into (atomically) when done (rank 0 only).
         data_name: provenance string recorded in the lens config.
         progress: tqdm bar with the loss.
+        **overrides: `glt.TrainConfig` fields replacing those of ``config``.
 
     Returns:
         The trained `TunedLens` (``lens.config["training"]`` records the run).
 
     Example:
-        >>> # lens = glt.train_tuned_lens(model, glt.data._wikipedia.wikipedia_paragraphs("train"))
-        >>> # lens.save("my-lens")
+        >>> # lens = glt.train_tuned_lens(model, glt.wikipedia_paragraphs("train"), max_tokens=16_384)
+        >>> # recipe = glt.TrainConfig(init="zero", optimizer="sgd")   # tuned-lens's recipe
+        >>> # lens = glt.train_tuned_lens(model, texts, recipe, checkpoint_dir="ck", out="my-lens")
     """
 
-    start_lens = init if isinstance(init, TunedLens) else None
-    if start_lens is None and init not in ("least_squares", "zero"):
-        raise GltError(f"init must be 'least_squares', 'zero' or a glt.TunedLens, got {init!r}")
-    if optimizer not in ("sgd", "adam", "linesearch"):
-        raise GltError(f"optimizer must be 'sgd', 'adam' or 'linesearch', got {optimizer!r}")
-    for name, val in (("max_tokens", max_tokens), ("tokens_per_step", tokens_per_step), ("row_chunk", row_chunk)):
-        if not isinstance(val, int) or val < (0 if name == "max_tokens" else 1):
-            raise GltError(f"{name} must be a positive int, got {val!r}")
-    for name, val, low, high in (("frequency_alpha", frequency_alpha, 0.0, math.inf), ("momentum", momentum, 0.0, 1.0),
-                                 ("grad_clip", grad_clip, 0.0, math.inf), ("lr", lr, 0.0, math.inf),
-                                 ("weight_decay", weight_decay, 0.0, math.inf)):
-        if not (isinstance(val, (int, float)) and not isinstance(val, bool) and low <= val < high):
-            raise GltError(f"{name} must be a number in [{low}, {high}), got {val!r}")
+    cfg = config_with(config, overrides)  # GltError naming a wrong or unknown setting
+    start_lens = cfg.init if isinstance(cfg.init, TunedLens) else None
+    init = cfg.init if start_lens is None else "lens:"  # the start lens's hash follows below
     if not isinstance(texts, Sequence) or isinstance(texts, str) or len(texts) == 0:
         raise GltError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
+    for name, folder in (("out", out), ("checkpoint_dir", checkpoint_dir)):  # refuse before hours of training
+        if folder is not None:
+            folder_target(folder, name)
     rank, world = rank_and_world()
     lens = TunedLens.from_model(model)
-    sel = _check_layers(layers, lens.n_layers)
-    layers = None if layers is None else sel.tolist()
+    sel = _check_layers(cfg.layers, lens.n_layers)
     if start_lens is not None:
         lens.check_compatible(start_lens.n_layers + 1, start_lens.d_model)
         with torch.no_grad():
@@ -212,24 +183,26 @@ def train_tuned_lens(
             if "training" in start_lens.config else earlier
         init = "lens:" + hashlib.sha256(start_lens.weight.detach().numpy().tobytes()).hexdigest()[:12]
     counts = _check_counts(frequency_counts, lens.unembed.d_vocab)
-    weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, frequency_alpha))
-    seqs, bos = plan_sequences(model, texts, seq_len=seq_len)
+    weigh = None if counts is None else (lambda top1: _row_weights(top1, counts, cfg.frequency_alpha))
+    seqs, bos = plan_sequences(model, texts, seq_len=cfg.seq_len)
     val_seqs: list[list[int]] = []
-    if optimizer == "linesearch":  # validation rows for the step sizes, held out of training
-        seqs, val_seqs = split_validation(seqs, bos, val_rows, seed)
-    n_steps = max_tokens // tokens_per_step
-    settings = {k: v for k, v in locals().items() if k in _SETTINGS}
-    settings["compute_dtype"] = str(compute_dtype)
+    if cfg.optimizer == "linesearch":  # validation rows for the step sizes, held out of training
+        seqs, val_seqs = split_validation(seqs, bos, cfg.val_rows, cfg.seed)
+    n_steps = cfg.max_tokens // cfg.tokens_per_step
+    settings = _settings(cfg, init, sel)
     settings["frequency_counts"] = None if counts is None else hashlib.sha256(counts.numpy().tobytes()).hexdigest()[:16]
     # line search has no schedule over the run's length: a rerun with a larger max_tokens extends it
-    fp = _fingerprint({k: v for k, v in settings.items() if not (k == "max_tokens" and optimizer == "linesearch")}, seqs)
-    plan = plan_steps(seqs, bos, tokens_per_step, seed, n_steps) if n_steps else []
+    linesearch = cfg.optimizer == "linesearch"
+    fp = _fingerprint({k: v for k, v in settings.items() if not (k == "max_tokens" and linesearch)}, seqs)
+    plan = plan_steps(seqs, bos, cfg.tokens_per_step, cfg.seed, n_steps) if n_steps else []
     params = lens.translators()
     opt: Any = None
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr * (1 - momentum), momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr * 1e-3, betas=(momentum, 0.999), amsgrad=True, weight_decay=weight_decay)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr * (1 - cfg.momentum), momentum=cfg.momentum, nesterov=True,
+                              weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr * 1e-3, betas=(cfg.momentum, 0.999), amsgrad=True,
+                               weight_decay=cfg.weight_decay)
     base_lr = opt.param_groups[0]["lr"] if opt is not None else 0.0
     history: list[dict[str, Any]] = []
     start = 0
@@ -238,10 +211,11 @@ def train_tuned_lens(
     if state is not None:
         start, history = state["step"], state["history"]
         lens.config.update(state.get("lens_config", {}))
-    elif init == "least_squares" and least_squares_tokens > 0:
-        ls_seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()]
-        fit_least_squares(model, ls_seqs, lens=lens, max_tokens=least_squares_tokens, ridge=ridge,
-                          batch_size=batch_size, row_weight=weigh, progress=progress)
+    elif init == "least_squares" and cfg.least_squares_tokens > 0:
+        order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        ls_seqs = [seqs[i] for i in order]
+        fit_least_squares(model, ls_seqs, lens=lens, max_tokens=cfg.least_squares_tokens, ridge=cfg.ridge,
+                          batch_size=cfg.batch_size, row_weight=weigh, progress=progress)
     # the held-out comparison's baseline: the lens KL training starts from, named for what it is
     baseline = "start" if start_lens is not None else "least_squares" if lens.config.get("least_squares") else None
     if checkpoint_dir and state is None:
@@ -252,18 +226,18 @@ def train_tuned_lens(
     start_copy = None
     if heldout_texts is not None and baseline:
         start_copy = _start_copy(lens, checkpoint_dir if state is not None else None)
-    W = lens.unembed.W if compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(compute_dtype)
+    W = lens.unembed.W if cfg.compute_dtype == lens.unembed.W.dtype else lens.unembed.W.to(cfg.compute_dtype)
     search = None
-    if optimizer == "linesearch":
-        search = LineSearch(lens, validation_residuals(model, val_seqs, bos, val_rows, batch_size),
-                            lens.unembed.W, tile=vocab_tile, layers=sel, row_weight=weigh)
+    if cfg.optimizer == "linesearch":
+        search = LineSearch(lens, validation_residuals(model, val_seqs, bos, cfg.val_rows, cfg.batch_size),
+                            lens.unembed.W, tile=cfg.vocab_tile, layers=sel, row_weight=weigh)
         if state is not None and "search" in state:
             search.centre = torch.tensor(state["search"]["centre"])
     norm_params = [p for p in lens.unembed.norm.parameters() if p.requires_grad]
     for p in norm_params:
         p.requires_grad_(False)
     keep = None  # translators that stay fixed, when only some train
-    if layers is not None:
+    if cfg.layers is not None:
         keep = torch.ones(lens.n_layers, dtype=torch.bool)
         keep[sel] = False
     bar = tqdm(total=n_steps, initial=start, desc="tuned lens", unit="step", disable=not progress or rank != 0)
@@ -275,7 +249,8 @@ def train_tuned_lens(
             for p in params:
                 p.grad = torch.zeros_like(p)  # every rank all-reduces a gradient, even an empty share
             stats = _step_grads(model, lens, [seqs[i] for i in plan[step][rank::world]], bos, W, sel,
-                                counts, frequency_alpha, batch_size, row_chunk, compute_dtype, vocab_tile)
+                                counts, cfg.frequency_alpha, cfg.batch_size, cfg.row_chunk, cfg.compute_dtype,
+                                cfg.vocab_tile)
             for p in params:
                 all_reduce_sum(p.grad)
             all_reduce_sum(stats)
@@ -290,7 +265,8 @@ def train_tuned_lens(
                     for p in params:
                         torch.distributed.broadcast(p.data, 0)
             else:
-                rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else None
+                clip = cfg.grad_clip
+                rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip)) if clip else None
                 frozen = [p.detach()[keep].clone() for p in params] if keep is not None else None
                 opt.step()
                 if frozen is not None:  # weight decay and momentum must not move untrained layers
@@ -315,12 +291,12 @@ def train_tuned_lens(
         "bos_positions_skipped": "all (constant attention sink)", "n_sequences": len(seqs),
         "data": data_name or f"{len(texts)} texts", "world_size": world, "seconds": time.time() - t0,
         "objective": "KL(final || lens), mean over positions, summed over layers",
-        "frequency_weighting": None if counts is None else f"(1 + count[final top-1])^-{frequency_alpha}",
+        "frequency_weighting": None if counts is None else f"(1 + count[final top-1])^-{cfg.frequency_alpha}",
         "history": history,
     }
     if heldout_texts is not None or out is not None:
         finish_training(model, lens, (baseline, start_copy) if start_copy is not None else None,
-                        heldout_texts, out, eval_rows=eval_rows, seed=seed, rank=rank, progress=progress)
+                        heldout_texts, out, eval_rows=eval_rows, seed=cfg.seed, rank=rank, progress=progress)
     return lens
 
 
@@ -340,8 +316,19 @@ def _start_copy(lens: TunedLens, resumed_from: Any) -> TunedLens | None:
     return _fill(start, p["weight"], p["bias"], f)
 
 
-_SETTINGS = {"val_rows", "layers", "init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge", "optimizer", "lr",
-             "momentum", "weight_decay", "grad_clip", "frequency_alpha", "seq_len", "seed", "vocab_tile"}
+# the recipe's fields that fingerprint a checkpoint (with compute_dtype and the counts' hash) and are recorded in
+# lens.config["training"]: glt 0.1.0's keyword arguments, named and valued as then, so its checkpoints still resume
+_SETTINGS = {"val_rows", "layers", "init", "max_tokens", "tokens_per_step", "least_squares_tokens", "ridge",
+             "optimizer", "lr", "momentum", "weight_decay", "grad_clip", "frequency_alpha", "seq_len", "seed",
+             "vocab_tile"}
+
+
+def _settings(cfg: TrainConfig, init: str, sel: Tensor) -> dict[str, Any]:
+    """The recipe as fingerprinted and recorded: ``init`` a name or ``lens:<hash>``, ``layers`` the trained
+    translators as a list (None: all), ``compute_dtype`` as text."""
+    values = {name: getattr(cfg, name) for name in _SETTINGS}
+    values.update(init=init, layers=None if cfg.layers is None else sel.tolist(), compute_dtype=str(cfg.compute_dtype))
+    return values
 
 
 def _check_layers(layers: Sequence[int] | None, n_layers: int) -> Tensor:

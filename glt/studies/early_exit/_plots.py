@@ -8,7 +8,7 @@ Example:
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -30,7 +30,7 @@ __all__ = ["plot_early_exit"]
 def plot_early_exit(
     result: Any,
     *,
-    metric: str = "agreement",
+    metric: Literal["agreement", "accuracy"] = "agreement",
     groups: Sequence[str] | None = None,
     fixed: bool = True,
     ax: Any = None,
@@ -55,8 +55,6 @@ def plot_early_exit(
         The figure or the given axes; line x-data are ``result.tau_saved[g]`` and y-data
         ``result.tau_agreement[g]`` (or ``tau_accuracy``).
     """
-    if metric not in ("agreement", "accuracy"):
-        raise GltError(f"metric must be 'agreement' or 'accuracy', got {metric!r}")
     names = list(groups) if groups is not None else list(result.groups)
     unknown = set(names) - set(result.groups)
     if unknown:

@@ -29,16 +29,16 @@ Conventions:
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt.core._check import checked, layer_indices
+from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
-from glt.core._io import read_result, write_json
 from glt.decoding._onsets import stable_onset
 from glt.decoding._readout import Readout
 
@@ -47,7 +47,6 @@ __all__ = ["DEFAULT_TAUS", "EarlyExitResult", "early_exit", "saved_fraction"]
 #: Confidence thresholds of the default trade-off curve.
 DEFAULT_TAUS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99,)
 _ALL = "all"
-_TABLES = ("policies", "onsets", "rows")
 _POLICY_COLUMNS = ("policy", "param", "exit_layer", "compute_saved", "agreement", "accuracy",
                    "early_share", "lens_evals")
 
@@ -63,7 +62,7 @@ def saved_fraction(exit_layer: Any, n_layers: int) -> Any:
 
 
 @dataclass(frozen=True, eq=False)
-class EarlyExitResult:
+class EarlyExitResult(Saved):
     """Early-exit statistics per category; ``group`` axes follow ``groups`` (last one ``"all"``).
 
     Attributes:
@@ -84,6 +83,10 @@ class EarlyExitResult:
             of rows exiting before the final layer, and mean lens evaluations of the policy
             (which checks layers ``min_exit_layer .. n_layers`` only).
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.EarlyExitResult", "early-exit result", "delete it and rebuild it with early_exit(...).save(path)",
+        sizes={"group": "groups", "layer": "layer_labels", "row": "row_group", "exit": "exit_layers", "tau": "taus"})
 
     lens: str
     model_name: str
@@ -114,7 +117,8 @@ class EarlyExitResult:
     tau_early_share: Float[Tensor, "group tau"]
     tau_lens_evals: Float[Tensor, "group tau"]
 
-    def to_dataframe(self, table: str = "policies") -> Any:
+    @checked
+    def to_dataframe(self, table: Literal["policies", "onsets", "rows"] = "policies") -> Any:
         """A tidy table: ``"policies"`` (default), ``"onsets"`` or ``"rows"``.
 
         ``policies`` has one row per (group, policy): ``final`` (no exit), ``oracle_onset`` (exit
@@ -126,8 +130,6 @@ class EarlyExitResult:
         """
         import pandas as pd
 
-        if table not in _TABLES:
-            raise GltError(f"table must be one of {_TABLES}, got {table!r}")
         if table == "rows":
             return pd.DataFrame(
                 {
@@ -166,39 +168,6 @@ class EarlyExitResult:
                 rec["min_exit_layer"] = self.min_exit_layer if row[0] == "confidence" else nan
                 recs.append({**base, **rec})
         return pd.DataFrame(recs)
-
-    def save(self, path: Any) -> Any:
-        """Write the result as JSON (atomically); read it back with `EarlyExitResult.load`."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return write_json(path, {"format": "glt.EarlyExitResult", "version": 1, **data})
-
-    @classmethod
-    def load(cls, path: Any) -> "EarlyExitResult":
-        """Read a result written by `save`."""
-        kw: dict[str, Any] = {}
-        with read_result(path, "glt.EarlyExitResult", "early-exit result", "rebuild it with save()") as data:
-            n_groups = len(data["groups"])
-            for f in fields(cls):
-                v = data[f.name]
-                if f.name == "row_onset":
-                    kw[f.name] = torch.tensor(v, dtype=torch.long).reshape(-1)
-                elif f.name == "onset_hist":
-                    kw[f.name] = torch.tensor(v, dtype=torch.long).reshape(n_groups, -1)
-                elif "Tensor" in str(f.type):
-                    kw[f.name] = _float_tensor(v, n_groups)
-                elif isinstance(v, list):
-                    kw[f.name] = tuple(v)
-                else:
-                    kw[f.name] = v
-            return cls(**kw)
-
-
-def _float_tensor(v: list, n_groups: int) -> Tensor:
-    def clean(x: Any) -> Any:
-        return [clean(y) for y in x] if isinstance(x, list) else (math.nan if x is None else x)
-
-    t = torch.tensor(clean(v), dtype=torch.float32)
-    return t.reshape(n_groups) if t.ndim == 1 else t.reshape(n_groups, -1)
 
 
 def _labels(categories: Any, n_rows: int) -> list[str]:

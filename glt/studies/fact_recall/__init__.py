@@ -1,4 +1,12 @@
-"""Fact recall: the depth at which each token of a multi-token answer is found."""
+"""Fact recall: the depth at which each token of a multi-token answer is found.
+
+`run_fact_recall` (`_run`) feeds prompt + answer in one forward pass (teacher forcing) and reads
+the position before each answer token; `FactRecallResult` (`_result`) holds every answer token's
+rank over depth and onset curves per (answer length, position), correct and incorrect answers
+reported separately. The facts come from `_data` (glt's own, offline TriviaQA / NQ-open and
+country capitals: `load_facts`) or from the user's MQuAKE / CounterFact files (`_files`);
+`_plots` draws onsets by answer-token position and rank curves.
+"""
 
 from glt.studies.fact_recall._data import (
     Fact as Fact,

@@ -11,7 +11,7 @@ naming the file (and the item and field at fault).
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -92,7 +92,7 @@ def read_counterfact(path: str | os.PathLike) -> tuple[Fact, ...]:
 
 @checked
 def read_mquake(
-    path: str | os.PathLike, *, kind: str = "cloze", dedupe: bool = True
+    path: str | os.PathLike, *, kind: Literal["cloze", "question"] = "cloze", dedupe: bool = True
 ) -> tuple[Fact, ...]:
     """Single-hop facts from an MQuAKE JSON file (Zhong et al. 2023), as the paper uses them.
 
@@ -105,8 +105,6 @@ def read_mquake(
     Example:
         >>> # facts = glt.read_mquake("MQuAKE-CF-3k-v2.json")
     """
-    if kind not in ("cloze", "question"):
-        raise GltError(f"kind must be 'cloze' or 'question', got {kind!r}")
     what = "MQuAKE"
     path, data = _load_list(path, what)
     source = f"MQuAKE file {path.name} ({kind} single hops)"

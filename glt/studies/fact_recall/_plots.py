@@ -7,7 +7,7 @@ Example:
     >>> # fig = plot_fact_onsets(glt.run_fact_recall(model, lens))
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -21,14 +21,13 @@ __all__ = ["plot_fact_onsets", "plot_fact_ranks"]
 
 
 def _fact_groups(result: Any, outcome: str) -> list[tuple[int, int]]:
-    if outcome not in ("correct", "incorrect"):
-        raise GltError(f"outcome must be 'correct' or 'incorrect', got {outcome!r}")
     pairs = sorted({(int(n), int(j)) for n, j in zip(as_numpy(result.row_length), as_numpy(result.row_position), strict=True)})
     return pairs
 
 
 @checked
-def plot_fact_onsets(result: Any, *, kind: str = "first", outcome: str = "correct", ax: Any = None,
+def plot_fact_onsets(result: Any, *, kind: Literal["first", "stable", "both"] = "first",
+                     outcome: Literal["correct", "incorrect"] = "correct", ax: Any = None,
                      title: str | None = None) -> Any:
     """Onset-vs-k curves per (answer length n, answer token j) from a `glt.FactRecallResult`.
 
@@ -55,7 +54,8 @@ def plot_fact_onsets(result: Any, *, kind: str = "first", outcome: str = "correc
 
 
 @checked
-def plot_fact_ranks(result: Any, *, outcome: str = "correct", ax: Any = None, title: str | None = None) -> Any:
+def plot_fact_ranks(result: Any, *, outcome: Literal["correct", "incorrect"] = "correct", ax: Any = None,
+                    title: str | None = None) -> Any:
     """Rank of each answer token over depth per (answer length n, token j): median, IQR band."""
     ranks = as_numpy(result.ranks)
     ok = as_numpy(result.correct).astype(bool)

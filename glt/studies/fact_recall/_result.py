@@ -5,26 +5,23 @@ every layer, groups the onsets by answer length, position and outcome (correct /
 under greedy decoding), tabulates them and saves/loads as JSON.
 """
 
-import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
-from glt.core._io import read_result, write_json
-from glt.decoding._onsets import OnsetCurve, Onsets, aggregate_onsets, compute_onsets
+from glt.decoding._onsets import OnsetCurve, OnsetKind, Onsets, aggregate_onsets, compute_onsets
 from glt.studies.fact_recall._data import Fact
 
 __all__ = ["FactRecallResult"]
 
-_FORMAT = "glt.FactRecallResult/1"
 _OUTCOMES = ("correct", "incorrect")
 
 
@@ -33,7 +30,7 @@ def _group(n: int, j: int, correct: bool) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class FactRecallResult:
+class FactRecallResult(Saved):
     """Per-answer-token ranks over depth and the onset curves of a fact-recall run.
 
     A "row" is one answer token of one analysed fact (facts in order, positions ascending).
@@ -55,6 +52,10 @@ class FactRecallResult:
     onsets (-1 = never inside the top-k), and ``curves``, the aggregated onsets per group
     ``len{n}/pos{j}/{correct|incorrect}``.
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.FactRecallResult", "fact-recall result", "re-run and save",
+        legacy=(("format", "glt.FactRecallResult/1"),), sizes={"layer": "layer_labels"})
 
     model: str
     lens: str
@@ -128,7 +129,7 @@ class FactRecallResult:
         wrong.index_add_(0, self.row_fact, (~self.correct).long())
         return wrong == 0
 
-    def curve(self, n: int, j: int, correct: bool, kind: str = "first") -> OnsetCurve | None:
+    def curve(self, n: int, j: int, correct: bool, kind: OnsetKind = "first") -> OnsetCurve | None:
         """The curve of one group, or None if that group has no rows."""
         for c in self.curves:
             if c.group == _group(n, j, correct) and c.kind == kind:
@@ -194,31 +195,3 @@ class FactRecallResult:
                 row[f"stable_k{k}"] = int(self.stable[i, r])
             out.append(row)
         return pd.DataFrame(out)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result (per-token arrays included) to a JSON file, atomically."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["facts"] = [f.to_dict() for f in self.facts]
-        return write_json(path, {"format": _FORMAT, **data})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "FactRecallResult":
-        """Read a result written by `save` (GltError if missing, corrupt or not a result)."""
-        with read_result(path, _FORMAT, "fact-recall result", "re-run and save") as data:
-            kw = {f.name: data[f.name] for f in fields(cls)}
-            for name, dtype in _TENSORS.items():
-                kw[name] = torch.tensor(kw[name], dtype=dtype)
-                if name in _LAYER_ROW:
-                    kw[name] = kw[name].reshape(len(kw["layer_labels"]), -1)
-            kw["facts"] = tuple(Fact.from_dict(f) for f in kw["facts"])
-            kw["skipped"] = tuple((int(i), str(r)) for i, r in kw["skipped"])
-            kw["answer_tokens"] = tuple(tuple(a) for a in kw["answer_tokens"])
-            for name in ("sources", "ks", "layer_labels", "fact_index"):
-                kw[name] = tuple(kw[name])
-            return cls(**kw)
-
-
-_TENSORS = {"row_fact": torch.long, "row_position": torch.long, "gold": torch.long,
-            "tracked": torch.long, "correct": torch.bool, "ranks": torch.long,
-            "logprobs": torch.float32, "top1": torch.long, "max_prob": torch.float32}
-_LAYER_ROW = ("ranks", "logprobs", "top1", "max_prob")

@@ -43,6 +43,7 @@ from glt.core._errors import GltError
 from glt.core._models import model_name
 from glt.decoding._onsets import K_GRID
 from glt.decoding._readout import readout
+from glt.lenses._protocol import Lens
 from glt.studies.fact_recall._data import Fact, load_glt_facts
 from glt.studies.fact_recall._result import FactRecallResult
 
@@ -175,7 +176,7 @@ def _resolve(
 
 
 def _collect(
-    model: Any, lens: Any, items: Sequence[_Item], batch_size: int, progress: bool,
+    model: Any, lens: Lens, items: Sequence[_Item], batch_size: int, progress: bool,
     accept_unspaced: bool,
 ) -> dict[str, Tensor]:
     """One forward pass per batch; read every answer-predicting position; resolve tracking."""
@@ -212,7 +213,7 @@ def _collect(
 @checked
 def run_fact_recall(
     model: Any,
-    lens: Any,
+    lens: Lens,
     facts: Sequence[Any] | None = None,
     *,
     ks: Sequence[int] = K_GRID,
@@ -225,7 +226,7 @@ def run_fact_recall(
 
     Args:
         model: a TransformerLens model with a tokenizer.
-        lens: a `glt.LogitLens` or `glt.TunedLens` for ``model``.
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
         facts: `glt.Fact` items, ``(prompt, answer)`` pairs or dicts; None = glt's own facts
             (`glt.load_facts("glt")`).
         ks: the thresholds of the onset curves (default the paper's log grid 1..10^4).
@@ -263,7 +264,7 @@ def run_fact_recall(
         )
     rows = _collect(model, lens, items, batch_size, progress, accept_unspaced)
     return FactRecallResult(
-        model=model_name(model), lens=getattr(lens, "name", type(lens).__name__),
+        model=model_name(model), lens=lens.name,
         sources=tuple(dict.fromkeys(it.fact.source for it in items)), ks=ks,
         layer_labels=layer_labels(n_layers), max_answer_tokens=max_answer_tokens,
         accept_unspaced=bool(accept_unspaced), n_input=len(facts),

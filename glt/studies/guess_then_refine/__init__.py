@@ -1,4 +1,13 @@
-"""Guess-then-refine: which frequency bucket each layer's top-1 falls in, and how often it flips."""
+"""Guess-then-refine: which frequency bucket each layer's top-1 falls in, and how often it flips.
+
+`run_guess_then_refine` (`_run`) reads every position of a set of texts with a lens and puts
+each layer's top-1 token in its frequency bucket (`glt.TokenFrequency`). `GuessRefineResult`
+(`_result`) keeps one row per read prefix and derives the bucket shares per layer, the flip rates
+(how often a layer's top-1 differs from the final one) and their split against the gold next
+token (whether the layer, and whether the final layer, had it right); `_plots` draws shares, flip
+rates, the split and rank by bucket. The paper's headline: early layers guess frequent tokens,
+later layers refine them.
+"""
 
 from glt.studies.guess_then_refine._plots import (
     plot_bucket_share as plot_bucket_share,

@@ -6,32 +6,25 @@ and the gold-aware split per layer (conventions in `glt.studies.guess_then_refin
 saves/loads as JSON.
 """
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from glt.core._check import layer_indices
-from glt.core._io import read_result, write_json
+from glt.core._codec import Format, Saved
 
 __all__ = ["GOLD_CLASSES", "GuessRefineResult"]
 
 #: The gold-aware four-way split: (layer top-1 right?) -> (final top-1 right?).
 GOLD_CLASSES: tuple[str, ...] = ("right->right", "right->wrong", "wrong->right", "wrong->wrong")
-_FORMAT = "glt.GuessRefineResult/1"
-_TENSORS = {
-    "text_index": torch.long, "pos_index": torch.long, "gold": torch.long,
-    "top1": torch.long, "bucket": torch.long, "rank_final": torch.long, "max_prob": torch.float32,
-}
 
 
 @dataclass(frozen=True, eq=False)
-class GuessRefineResult:
+class GuessRefineResult(Saved):
     """Per-position lens top-1 tokens with their frequency buckets, and the study's aggregates.
 
     The per-position arrays are kept (``n`` = read positions) so later analyses (early exit,
@@ -59,6 +52,10 @@ class GuessRefineResult:
         rank_final: ``[layer, n]`` 0-based rank of the final top-1 at each layer.
         max_prob: ``[layer, n]`` the lens top-1 probability.
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.GuessRefineResult", "guess-then-refine result", "re-run and save",
+        legacy=(("format", "glt.GuessRefineResult/1"),), sizes={"layer": "layer_labels"})
 
     model: str
     lens: str
@@ -190,21 +187,3 @@ class GuessRefineResult:
                 row.update({c: int(split[layer, b, k]) for k, c in enumerate(GOLD_CLASSES)})
                 rows.append(row)
         return pd.DataFrame(rows)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result (per-position arrays included) to a JSON file, atomically."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return write_json(path, {"format": _FORMAT, **data})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "GuessRefineResult":
-        """Read a result written by `save` (GltError if missing, corrupt or not a result)."""
-        with read_result(path, _FORMAT, "guess-then-refine result", "re-run and save") as data:
-            kw = {f.name: data[f.name] for f in fields(cls)}
-            for name, dtype in _TENSORS.items():
-                kw[name] = torch.tensor(kw[name], dtype=dtype)
-                if name in ("top1", "bucket", "rank_final", "max_prob"):
-                    kw[name] = kw[name].reshape(len(data["layer_labels"]), -1)
-            for name in ("layer_labels", "bucket_labels", "early_layers", "composition"):
-                kw[name] = tuple(kw[name])
-            return cls(**kw)

@@ -23,7 +23,7 @@ Conventions:
 import os
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -31,12 +31,14 @@ from tqdm.auto import tqdm
 
 from glt.core._capture import iter_residuals, model_tokenizer
 from glt.core._check import checked, layer_indices
+from glt.core._codec import tensor_fields
 from glt.core._errors import GltError
 from glt.core._models import model_name
 from glt.data._frequency import TokenFrequency, load_frequency
 from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 from glt.decoding._readout import readout
-from glt.studies.guess_then_refine._result import _TENSORS, GuessRefineResult
+from glt.lenses._protocol import Lens
+from glt.studies.guess_then_refine._result import GuessRefineResult
 
 __all__ = ["run_guess_then_refine"]
 
@@ -121,14 +123,14 @@ def _plan(
 @checked
 def run_guess_then_refine(
     model: Any,
-    lens: Any,
+    lens: Lens,
     texts: Iterable[Any] | None = None,
     *,
     frequency: TokenFrequency | str | os.PathLike | None = None,
     max_positions: int | None = 1000,
     max_positions_per_text: int | None = None,
     batch_size: int = 8,
-    cuts: str = "all",
+    cuts: Literal["all", "random"] = "all",
     seed: int = 0,
     early_layers: Sequence[int] | None = None,
     source: str | None = None,
@@ -138,7 +140,7 @@ def run_guess_then_refine(
 
     Args:
         model: a TransformerLens model (its tokenizer turns texts into ids as `glt.tokenize`).
-        lens: a `glt.LogitLens`, a tuned lens, or any object with the lens contract.
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens` or a lens of your own).
         texts: strings or token id lists; default: the held-out Wikipedia paragraphs.
         frequency: the `glt.TokenFrequency` table that defines the buckets, or a name / folder
             for `glt.load_frequency`; default: the shipped table for the default model (other
@@ -165,8 +167,6 @@ def run_guess_then_refine(
         >>> # res.headline()["top_share_early"], res.to_dataframe()
     """
 
-    if cuts not in ("all", "random"):
-        raise GltError(f"cuts must be 'all' or 'random', got {cuts!r}")
     if max_positions is not None and (not isinstance(max_positions, int) or max_positions < 1):
         raise GltError(f"max_positions must be a positive int or None, got {max_positions!r}")
     if max_positions_per_text is not None and (
@@ -177,8 +177,6 @@ def run_guess_then_refine(
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GltError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not hasattr(lens, "unembed") or not hasattr(lens, "check_compatible"):
-        raise GltError(f"lens must follow the lens contract (glt.LogitLens, TunedLens), got {type(lens).__name__}")
     n_layers = int(model.cfg.n_layers)
     lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
     early = (tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None
@@ -205,7 +203,7 @@ def run_guess_then_refine(
     if not plan:
         raise GltError(f"no readable prefix in the {counts['n_texts_seen']} texts ({counts}): pass longer texts")
 
-    parts: dict[str, list[Tensor]] = {k: [] for k in _TENSORS if k != "bucket"}
+    parts: dict[str, list[Tensor]] = {k: [] for k in tensor_fields(GuessRefineResult) if k != "bucket"}
     stacks = iter_residuals(model, [ids for _, ids, _, _ in plan], batch_size=batch_size)
     batches = range(0, len(plan), batch_size)
     for start, stack in tqdm(zip(batches, stacks, strict=True), total=len(batches),
@@ -229,7 +227,7 @@ def run_guess_then_refine(
     cat = {k: torch.cat(v, -1) for k, v in parts.items()}
     return GuessRefineResult(
         model=model_name(model),
-        lens=str(getattr(lens, "name", type(lens).__name__)),
+        lens=lens.name,
         data_source=source or "user texts",
         cuts=cuts,
         seed=seed,

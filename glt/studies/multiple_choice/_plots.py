@@ -8,7 +8,7 @@ Example:
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -36,6 +36,8 @@ _MC_MEASURES = {
     "choice_prob": ("probability of the final choice (median)", "median"),
     "gold_prob": ("probability of the gold option (median)", "median"),
 }
+FormatMeasure = Literal["option_mass", "format_inside", "format_rank"]
+DecisionMeasure = Literal["decision_agree", "decision_rank", "choice_prob", "gold_prob"]
 
 
 def _mc_lines(result: Any, measure: str, groups: Sequence[str], control: bool, ax: Any,
@@ -86,7 +88,7 @@ def _mc_lines(result: Any, measure: str, groups: Sequence[str], control: bool, a
 def plot_mc_format(
     result: Any,
     *,
-    measure: str = "option_mass",
+    measure: FormatMeasure = "option_mass",
     groups: Sequence[str] = ("all",),
     control: bool = True,
     ax: Any = None,
@@ -116,7 +118,7 @@ def plot_mc_format(
 def plot_mc_decision(
     result: Any,
     *,
-    measure: str = "decision_agree",
+    measure: DecisionMeasure = "decision_agree",
     groups: Sequence[str] = ("all", "correct", "incorrect"),
     control: bool = True,
     ax: Any = None,

@@ -35,7 +35,7 @@ from typing import Any
 
 from glt.core._check import checked
 from glt.core._errors import GltError
-from glt.studies.multiple_choice._data import MCExample, _Task, _task
+from glt.studies.multiple_choice._data import MCExample, MCTask, _Task, _task
 
 __all__ = [
     "MCPrompt",
@@ -117,7 +117,7 @@ def _render(spec: _Task, ex: MCExample, symbols: Sequence[str], answered: bool) 
 
 
 @checked
-def format_mc_prompt(example: MCExample, shots: Sequence[MCExample] = (), *, task: str = "mmlu",
+def format_mc_prompt(example: MCExample, shots: Sequence[MCExample] = (), *, task: MCTask = "mmlu",
                      symbols: Sequence[str] | None = None) -> MCPrompt:
     """Render shots (each answered) and the question into one prompt that ends in the cue.
 
@@ -162,7 +162,7 @@ def check_permute_symbols(permute: Any) -> tuple[str, tuple[str, ...] | None] | 
                    f"symbols, got {permute!r}")
 
 
-def control_prompts(task: str, pairs: Sequence[tuple[MCExample, Sequence[MCExample]]],
+def control_prompts(task: MCTask, pairs: Sequence[tuple[MCExample, Sequence[MCExample]]],
                     permute_symbols: Any, *, seed: int = 0) -> tuple[list[MCPrompt], str]:
     """Prompts for the option-symbol control, and a description of it.
 

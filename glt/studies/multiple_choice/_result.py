@@ -7,16 +7,14 @@ control run is stored beside the main one as ``control``).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from glt.core._errors import GltError
-from glt.core._io import malformed, read_result, write_json
+from glt.core._codec import Format, Saved
 from glt.decoding._onsets import (
     K_GRID,
     OnsetCurve,
@@ -29,14 +27,11 @@ from glt.decoding._onsets import (
 
 __all__ = ["MultipleChoiceResult"]
 
-_TENSORS = {"option_tokens": torch.long, "content_tokens": torch.long, "gold": torch.long,
-            "option_ranks": torch.long, "option_logprobs": torch.float32,
-            "content_ranks": torch.long, "content_logprobs": torch.float32, "final_top1": torch.long}
 _ONSETS = ("format_first", "format_stable", "decision_first", "decision_stable")
 
 
 @dataclass(frozen=True, eq=False)
-class MultipleChoiceResult:
+class MultipleChoiceResult(Saved):
     """Per-layer option ranks and probabilities for every item, and the measures derived from them.
 
     Attributes:
@@ -57,6 +52,10 @@ class MultipleChoiceResult:
         >>> # res.summary().query("group == 'all'")[["run", "n", "accuracy", "decision_stable_median"]]
         >>> # res.curves().query("measure == 'option_mass'")  # median and quartiles per layer
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.MultipleChoiceResult", "multiple-choice result", "delete it and re-run the study",
+        legacy=(("kind", "glt.MultipleChoiceResult"),), sizes={"layer": "layer_labels", "item": "item_ids"})
 
     task: str
     model: str
@@ -242,45 +241,3 @@ class MultipleChoiceResult:
 
     def _runs(self) -> list[tuple[str, "MultipleChoiceResult"]]:
         return [("main", self)] + ([("control", self.control)] if self.control is not None else [])
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": "glt.MultipleChoiceResult", "version": 1}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = v.to_dict() if isinstance(v, MultipleChoiceResult) else v
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: Any = "dict") -> "MultipleChoiceResult":
-        """Rebuild a result from `to_dict`'s output (GltError naming ``source`` if malformed)."""
-        if not isinstance(d, dict) or d.get("kind") != "glt.MultipleChoiceResult":
-            raise GltError("not a saved MultipleChoiceResult: load a file written by result.save(path)")
-        with malformed(source, "multiple-choice result", "delete it and re-run the study"):
-            return cls._from_dict(d, source)
-
-    @classmethod
-    def _from_dict(cls, d: dict[str, Any], source: Any) -> "MultipleChoiceResult":
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            v = d[f.name]
-            if f.name in _TENSORS:
-                v = torch.tensor(v, dtype=_TENSORS[f.name])
-            elif f.name == "control":
-                v = cls.from_dict(v, source) if v is not None else None
-            elif f.name in ("symbols", "skipped"):
-                v = tuple(tuple(x) for x in v)
-            elif isinstance(v, list):
-                v = tuple(v)
-            kw[f.name] = v
-        return cls(**kw)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the result (and its control) as JSON, atomically."""
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "MultipleChoiceResult":
-        """Read a result written by `save`."""
-        with read_result(path, "glt.MultipleChoiceResult", "multiple-choice result",
-                         "delete it and re-run the study", key="kind") as d:
-            return cls._from_dict(d, path)

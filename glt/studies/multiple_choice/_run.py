@@ -34,9 +34,10 @@ from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._models import model_name
 from glt.decoding._readout import readout
+from glt.lenses._protocol import Lens
 from glt.studies.multiple_choice._data import (
-    MC_TASKS,
     MCExample,
+    MCTask,
     example_from_row,
     load_mc_dataset,
     mmlu_shots,
@@ -53,7 +54,7 @@ from glt.studies.multiple_choice._result import MultipleChoiceResult
 __all__ = ["run_multiple_choice"]
 
 
-def _collect(task: str, items: Any, n_items: int, shots: int, seed: int) -> tuple[list[Any], list, str]:
+def _collect(task: MCTask, items: Any, n_items: int, shots: int, seed: int) -> tuple[list[Any], list, str]:
     """``(entries, skipped, source)``; an entry is an MCPrompt or ``(example, shot examples)``."""
     skipped: list[tuple[str, str]] = []
     binary_shots: tuple[MCExample, ...] = ()
@@ -96,7 +97,7 @@ def _collect(task: str, items: Any, n_items: int, shots: int, seed: int) -> tupl
     return entries, skipped, source + (f"; {shots} shots" if shots else "; zero-shot")
 
 
-def _evaluate(model: Any, lens: Any, prompts: list[MCPrompt], skipped: list, bar: Any, batch_size: int,
+def _evaluate(model: Any, lens: Lens, prompts: list[MCPrompt], skipped: list, bar: Any, batch_size: int,
               meta: dict[str, Any]) -> MultipleChoiceResult:
     cache: dict[str, list[int]] = {}
 
@@ -150,7 +151,7 @@ def _evaluate(model: Any, lens: Any, prompts: list[MCPrompt], skipped: list, bar
 
 
 @checked
-def run_multiple_choice(model: Any, lens: Any, items: Any = None, *, task: str = "mmlu",
+def run_multiple_choice(model: Any, lens: Lens, items: Any = None, *, task: MCTask = "mmlu",
                         n_items: int = 100, shots: int = 4, top_k_format: int = 10,
                         permute_symbols: bool | str | Sequence[str] = False, seed: int = 0,
                         batch_size: int = 4, progress: bool = True) -> MultipleChoiceResult:
@@ -158,7 +159,7 @@ def run_multiple_choice(model: Any, lens: Any, items: Any = None, *, task: str =
 
     Args:
         model: a TransformerLens model (`glt.load_model`).
-        lens: a `glt.LogitLens` or tuned lens for ``model``.
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
         items: None (sample ``n_items`` questions of ``task`` from the offline data), or a list of
             `MCExample`, `MCPrompt` (used verbatim, no shots added) or dataset rows (a bad row
             raises GltError; bad packaged rows are skipped and counted instead).
@@ -181,8 +182,6 @@ def run_multiple_choice(model: Any, lens: Any, items: Any = None, *, task: str =
         >>> # res = glt.run_multiple_choice(model, glt.LogitLens.from_model(model), n_items=40)
         >>> # res.summary()[["group", "n", "accuracy", "format_first_median"]]
     """
-    if task not in MC_TASKS:
-        raise GltError(f"task must be one of {MC_TASKS}, got {task!r}")
     for name, v, lo in (("n_items", n_items, 1), ("shots", shots, 0), ("top_k_format", top_k_format, 1),
                         ("batch_size", batch_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -201,7 +200,7 @@ def run_multiple_choice(model: Any, lens: Any, items: Any = None, *, task: str =
     from tqdm.auto import tqdm
 
     n_batches = sum(-(-len(p) // batch_size) for p in (main_prompts, ctrl_prompts))
-    meta = {"task": task, "model": model_name(model), "lens": getattr(lens, "name", type(lens).__name__),
+    meta = {"task": task, "model": model_name(model), "lens": lens.name,
             "source": source, "n_shots": shots, "top_k_format": top_k_format}
     with tqdm(total=n_batches, disable=not progress, desc=f"multiple choice ({task})") as bar:
         ctrl = (_evaluate(model, lens, ctrl_prompts, list(skipped), bar, batch_size,

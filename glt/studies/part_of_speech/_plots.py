@@ -8,7 +8,7 @@ Example:
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,8 +34,8 @@ def plot_pos_onsets(
     result: Any,
     *,
     labels: Sequence[str] | None = None,
-    subset: str | None = None,
-    kind: str = "both",
+    subset: Literal["correct", "incorrect", "all"] | None = None,
+    kind: Literal["first", "stable", "both"] = "both",
     ax: Any = None,
     title: str | None = None,
 ) -> Any:
@@ -62,7 +62,8 @@ def plot_pos_onsets(
 
 
 @checked
-def plot_pos_ranks(result: Any, *, labels: Sequence[str] | None = None, subset: str | None = None,
+def plot_pos_ranks(result: Any, *, labels: Sequence[str] | None = None,
+                   subset: Literal["correct", "incorrect", "all"] | None = None,
                    ax: Any = None, title: str | None = None) -> Any:
     """Rank of the gold word's first token over depth per POS tag (median, IQR band)."""
     subset = _pos_subset(result, subset)

@@ -25,12 +25,10 @@ label a tag or a group (``function``: ADP AUX CCONJ DET PART PRON SCONJ; ``conte
 INTJ NOUN PROPN VERB; ``other``: NUM PUNCT SYM X).
 """
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -39,18 +37,20 @@ from tqdm.auto import tqdm
 
 from glt.core._capture import iter_residuals, model_tokenizer
 from glt.core._check import checked
+from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
-from glt.core._io import read_result, write_json
 from glt.core._models import model_name
 from glt.decoding._onsets import (
     K_GRID,
     OnsetCurve,
+    OnsetKind,
     Onsets,
     aggregate_onsets,
     compute_onsets,
     topk_churn,
 )
 from glt.decoding._readout import readout
+from glt.lenses._protocol import Lens
 from glt.studies.part_of_speech._align import (
     CONTENT_TAGS,
     FUNCTION_TAGS,
@@ -71,11 +71,10 @@ __all__ = ["PAPER_TAGS", "PosResult", "run_pos_study"]
 #: The tags of the paper's Fig. 4a.
 PAPER_TAGS: tuple[str, ...] = ("DET", "ADP", "PUNCT", "NOUN", "VERB", "ADJ")
 GROUPS = {"function": FUNCTION_TAGS, "content": CONTENT_TAGS, "other": OTHER_TAGS}
-_FORMAT = "glt.PosResult/1"
 
 
 @dataclass(frozen=True, eq=False)
-class PosResult:
+class PosResult(Saved):
     """Result of `run_pos_study`: per-item ranks of the gold token and their aggregates.
 
     Attributes:
@@ -97,6 +96,10 @@ class PosResult:
         >>> # res.curve("DET", subset="correct").mean   # mean first-crossing layer per k
         >>> # res.summary_dataframe(k=1); res.candidates_dataframe(); res.save("pos.json")
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.PosResult", "part-of-speech result", "rerun the study", legacy=(("format", "glt.PosResult/1"),),
+        sizes={"layer": "layer_labels", "item": "items"})
 
     model: str
     lens: str
@@ -129,7 +132,8 @@ class PosResult:
             out[reason] += n
         return dict(out)
 
-    def curve(self, label: str, *, subset: str = "correct", kind: str = "first") -> OnsetCurve:
+    def curve(self, label: str, *, subset: Literal["correct", "incorrect", "all"] = "correct",
+              kind: OnsetKind = "first") -> OnsetCurve:
         """The onset curve of a tag or group (``label``) for ``subset`` and ``kind``."""
         name = f"{subset}/{label}"
         for c in self.curves:
@@ -201,45 +205,12 @@ class PosResult:
             row[f"{c.kind}_median"] = c.median[i]
         return pd.DataFrame(list(rows.values()))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result as JSON (atomically)."""
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        d["format"] = _FORMAT
-        d["items"] = [list(it) for it in self.items]
-        d["curves"] = [c.to_dict() for c in self.curves]
-        d["grouping"] = GROUPS
-        return write_json(path, d)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PosResult":
-        """Read a result written by `save` (GltError if missing, corrupt or not a PosResult)."""
-        with read_result(path, _FORMAT, "part-of-speech result", "rerun the study") as d:
-            n = len(d["items"])
-            n_layer = len(d["layer_labels"])
-            return cls(
-                **{k: tuple(d[k]) for k in ("tags", "ks", "layer_labels", "texts")},
-                **{k: d[k] for k in ("model", "lens", "data_source", "construction",
-                                     "correct_only", "min_prefix_chars")},
-                items=tuple(PosItem(*it) for it in d["items"]),
-                ranks=torch.tensor(d["ranks"], dtype=torch.long).reshape(n_layer, n),
-                logprobs=torch.tensor(d["logprobs"], dtype=torch.float32).reshape(n_layer, n),
-                correct=torch.tensor(d["correct"], dtype=torch.bool).reshape(n),
-                curves=tuple(OnsetCurve.from_dict(_nan(c)) for c in d["curves"]),
-                candidates=tuple(d["candidates"]),
-                churn=tuple(d["churn"]),
-                skipped=tuple((a, b, int(c)) for a, b, c in d["skipped"]),
-            )
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object `save` writes (the fields, plus the tag groups for readers of the file)."""
+        return {**super().to_json(), "grouping": GROUPS}
 
 
-def _nan(curve: dict) -> dict:
-    """JSON stores NaN statistics as null: turn them back into NaN."""
-    return {k: [float("nan") if x is None else x for x in v]
-            if k in ("mean", "median", "q25", "q75") else v for k, v in curve.items()}
-
-
-def _check_args(construction: Any, ks: Any, batch_size: Any, max_items: Any, min_prefix_chars: Any) -> tuple[int, ...]:
-    if construction not in ("first", "every"):
-        raise GltError(f"construction must be 'first' (the paper's) or 'every', got {construction!r}")
+def _check_args(ks: Any, batch_size: Any, max_items: Any, min_prefix_chars: Any) -> tuple[int, ...]:
     for name, v, lo in (("batch_size", batch_size, 1), ("min_prefix_chars", min_prefix_chars, 0)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise GltError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -254,7 +225,7 @@ def _check_args(construction: Any, ks: Any, batch_size: Any, max_items: Any, min
     return ks
 
 
-def _read(model: Any, lens: Any, seqs: list[list[int]], per_text: list[list[PosItem]],
+def _read(model: Any, lens: Lens, seqs: list[list[int]], per_text: list[list[PosItem]],
           batch_size: int, progress: bool) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...]]:
     ranks, logps, top1 = [], [], []
     bar = tqdm(total=sum(map(len, per_text)), disable=not progress, desc="part-of-speech study")
@@ -319,11 +290,11 @@ def _aggregate(items: Sequence[PosItem], ranks: Tensor, correct: Tensor, tags: t
 @checked
 def run_pos_study(
     model: Any,
-    lens: Any,
+    lens: Lens,
     texts: Any = None,
     *,
     tags: Any = PAPER_TAGS,
-    construction: str = "first",
+    construction: Literal["first", "every"] = "first",
     ks: Sequence[int] = K_GRID,
     correct_only: bool = False,
     min_prefix_chars: int = 17,
@@ -336,7 +307,7 @@ def run_pos_study(
 
     Args:
         model: a TransformerLens model with a fast Hugging Face tokenizer.
-        lens: a `glt.LogitLens` or tuned lens for ``model``.
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
         texts: the texts to tag (paragraphs or sentences); default: sentences of 8-40 words from
             the held-out half of the offline Wikipedia sample, read until ``max_items``.
         tags: universal POS tags to study (default: the paper's six); see `UNIVERSAL_TAGS`.
@@ -360,7 +331,7 @@ def run_pos_study(
         >>> # res.summary_dataframe(k=1)   # mean first / stable onset per tag and group
     """
     tags = check_tags(tags)
-    ks = _check_args(construction, ks, batch_size, max_items, min_prefix_chars)
+    ks = _check_args(ks, batch_size, max_items, min_prefix_chars)
     tokenizer = model_tokenizer(model)
     if tokenizer is None:
         raise GltError("model has no tokenizer: the part-of-speech study needs one to align words")
@@ -391,7 +362,7 @@ def run_pos_study(
     curves, cands, churn = _aggregate(items, ranks, correct, tags, ks, correct_only, tag_words)
 
     return PosResult(
-        model=model_name(model), lens=str(getattr(lens, "name", type(lens).__name__)),
+        model=model_name(model), lens=lens.name,
         data_source=source, construction=construction, tags=tags, ks=ks,
         layer_labels=labels,
         correct_only=correct_only, min_prefix_chars=min_prefix_chars, texts=tuple(used),

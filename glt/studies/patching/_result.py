@@ -7,26 +7,21 @@ tuned/logit-lens reading of the unpatched source prompt; it tabulates them (``la
 """
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from glt.core._check import checked
+from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
-from glt.core._io import read_result, write_json
 
 __all__ = ["PatchingResult"]
 
-_TABLES = ("layers", "pairs", "lens")
-_INT_FIELDS = ("top1", "transition_first", "transition_stable", "lens_top1", "lens_settle",
-               "lens_options_first", "lens_options_stable")
-_BOOL_FIELDS = ("lands_on_source", "clean_target_on_source", "clean_source_on_source", "lens_on_source")
-
 
 @dataclass(frozen=True, eq=False)
-class PatchingResult:
+class PatchingResult(Saved):
     """Per (pair, patched layer) outcomes of `patch_layers`, with the lens-derived layers.
 
     Attributes:
@@ -46,6 +41,10 @@ class PatchingResult:
             the unpatched source prompt at every residual index.
         lens_settle, lens_options_first, lens_options_stable: ``[pair]`` lens-derived layers.
     """
+
+    _format: ClassVar[Format] = Format(
+        "glt.PatchingResult", "patching result", "delete it and rebuild it with patch_layers(...).save(path)",
+        sizes={"pair": "target_texts", "patch": "layers", "layer": "layer_labels"})
 
     model_name: str
     lens: str
@@ -87,7 +86,8 @@ class PatchingResult:
         """Pairs whose unpatched target lands on its own options and source on its own."""
         return ~self.clean_target_on_source & self.clean_source_on_source
 
-    def to_dataframe(self, table: str = "layers", *, tolerance: int = 0) -> Any:
+    @checked
+    def to_dataframe(self, table: Literal["layers", "pairs", "lens"] = "layers", *, tolerance: int = 0) -> Any:
         """A tidy table: ``"layers"`` (pair x patched layer), ``"pairs"`` or ``"lens"``.
 
         ``pairs`` has one row per pair: the transition layers, the lens layers, the differences
@@ -98,8 +98,6 @@ class PatchingResult:
         """
         import pandas as pd
 
-        if table not in _TABLES:
-            raise GltError(f"table must be one of {_TABLES}, got {table!r}")
         common = {"model": self.model_name, "position": self.position}
         recs: list[dict[str, Any]] = []
         t_set, s_set = set(self.target_options), set(self.source_options)
@@ -147,30 +145,6 @@ class PatchingResult:
         df = self.to_dataframe("pairs", tolerance=tolerance)
         return df[df["disagrees"]].reset_index(drop=True)
 
-    def save(self, path: Any) -> Any:
-        """Write the result as JSON (atomically); read it back with `PatchingResult.load`."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return write_json(path, {"format": "glt.PatchingResult", "version": 1, **data})
-
-    @classmethod
-    def load(cls, path: Any) -> "PatchingResult":
-        """Read a result written by `save`."""
-        kw: dict[str, Any] = {}
-        with read_result(path, "glt.PatchingResult", "patching result", "rebuild it with save()") as data:
-            for f in fields(cls):
-                v = data[f.name]
-                if f.name in _INT_FIELDS:
-                    kw[f.name] = torch.tensor(v, dtype=torch.long)
-                elif f.name in _BOOL_FIELDS:
-                    kw[f.name] = torch.tensor(v, dtype=torch.bool)
-                elif "Tensor" in str(f.type):
-                    kw[f.name] = torch.tensor(_nan(v), dtype=torch.float32)
-                elif f.name == "top1_tokens":
-                    kw[f.name] = tuple(tuple(x) for x in v)
-                else:
-                    kw[f.name] = tuple(v) if isinstance(v, list) else v
-            return cls(**kw)
-
 
 def _compare(patch: int, lens: int, tolerance: int) -> tuple[float, bool]:
     """``(patch - lens, disagrees)``; -1 means "never", which disagrees with any real layer."""
@@ -178,6 +152,3 @@ def _compare(patch: int, lens: int, tolerance: int) -> tuple[float, bool]:
         return float(patch - lens), abs(patch - lens) > tolerance
     return math.nan, (patch >= 0) != (lens >= 0)
 
-
-def _nan(v: Any) -> Any:
-    return [_nan(x) for x in v] if isinstance(v, list) else (math.nan if v is None else v)

@@ -23,7 +23,7 @@ Conventions:
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -37,6 +37,7 @@ from glt.core._meter import forward_timer
 from glt.core._models import model_name as _model_name
 from glt.decoding._onsets import first_crossing, stable_onset
 from glt.lenses._logit import LogitLens, Unembed
+from glt.lenses._protocol import Lens
 from glt.studies.patching._result import PatchingResult
 
 __all__ = ["patch_layers"]
@@ -173,9 +174,9 @@ def patch_layers(
     *,
     target_options: Sequence[str | int],
     source_options: Sequence[str | int],
-    position: Any = "last",
+    position: Literal["last"] | Sequence[int] = "last",
     layers: Sequence[int] | None = None,
-    lens: Any = None,
+    lens: Lens | None = None,
     batch_size: int = 8,
     prepend_bos: bool | None = None,
     progress: bool = True,
@@ -193,7 +194,7 @@ def patch_layers(
             ``(target_pos, source_pos)`` of ints (negative counts from the end); the output is
             always read at the target's last position.
         layers: residual indices to patch (default every one, ``0 .. n_layers``).
-        lens: lens for the comparison (default `glt.LogitLens`; a tuned lens works too).
+        lens: the `glt.Lens` for the comparison (default `glt.LogitLens`; a tuned lens works too).
         batch_size: patched layers run together in one forward pass.
         progress: show a progress bar over pairs.
 
@@ -239,8 +240,6 @@ def patch_layers(
         layer_list = list(layer_indices(layers, name="layers", last=n_layers, increasing=True,
                                         fix=f"0 = embeddings, {n_layers} = final"))
     lens = LogitLens.from_model(model) if lens is None else lens
-    if not hasattr(lens, "transform_stack") or not hasattr(lens, "unembed"):
-        raise GltError(f"lens must be a glt lens (LogitLens or TunedLens), got {type(lens).__name__}")
     lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
     unembed = Unembed.from_model(model)
     tok = model.tokenizer
@@ -286,7 +285,7 @@ def patch_layers(
     stacked = {k: torch.stack(v) for k, v in out.items()}
     return PatchingResult(
         model_name=_model_name(model),
-        lens=getattr(lens, "name", type(lens).__name__),
+        lens=lens.name,
         n_layers=n_layers,
         layer_labels=layer_labels(n_layers),
         layers=tuple(layer_list),

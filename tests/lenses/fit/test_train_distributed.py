@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -12,7 +11,7 @@ import torch
 import glt
 from glt.lenses._tuned import load_lens
 from glt.lenses.fit._train import train_tuned_lens
-from tests.helpers import make_tiny_folder
+from tests.helpers import make_tiny_folder, run_bounded
 from tests.lenses.fit.test_train import TRAIN
 
 # least squares on fewer rows than the data holds: the ranks must still fit one process's rows
@@ -54,7 +53,7 @@ def test_two_process_gloo_training_equals_one_process(tiny_root, tmp_path, optim
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(folder), str(tmp_path / "ddp"), json.dumps(settings), json.dumps(TRAIN)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    done = run_bounded(cmd, what="two torchrun ranks training a lens", timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "rank 0 of 2 done" in done.stdout and "rank 1 of 2 done" in done.stdout
     assert "rank 0 finished" in done.stdout and "rank 1 finished" in done.stdout
@@ -94,7 +93,7 @@ def test_glt_lens_train_under_torchrun_equals_one_process(tiny_root, tmp_path):
            "lens", "train", "--model", str(folder), "--texts", str(tmp_path / "train.txt"), "--out",
            str(tmp_path / "ddp"), "--max-tokens", "300", "--tokens-per-step", "100", "--least-squares-tokens",
            "151", "--seed", "4", "--optimizer", "sgd", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    done = run_bounded(cmd, what="glt lens train on two torchrun ranks", timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "rank 0 finished with 0" in done.stdout and "rank 1 finished with 0" in done.stdout
     assert done.stdout.count("saved tuned lens") == 1  # rank 0 reports

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import glt
@@ -137,6 +137,8 @@ _BYTELEVEL = _trained_tokenizer("bytelevel")
 
 @settings(max_examples=40, deadline=None)
 @given(st.text(alphabet="ab é1.,'😀\n-", min_size=1, max_size=30))
+@example(" ")  # no word at all
+@example("😀é-\n'a")  # multi-byte characters inside one byte-level token
 def test_align_property_never_breaks(text):
     tok = _BYTELEVEL
     _, offsets, special = encode_with_offsets(tok, text)

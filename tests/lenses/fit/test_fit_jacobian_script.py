@@ -1,0 +1,42 @@
+"""``benchmarks/fit_jacobian_lens.py``, the shipped fitting command: shards, resume, merge and report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+import glt
+from glt.lenses.fit._jacobian import fit_jacobian_lens
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "fit_jacobian_lens.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("fit_jacobian_lens_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fit_in_shards_resume_and_report(tiny_root, tmp_path, monkeypatch):
+    from tests.helpers import make_tiny_folder
+
+    monkeypatch.setenv("GLT_CACHE", str(tmp_path / "cache"))
+    folder = str(make_tiny_folder("llama", tiny_root))
+    script, work, out = _script(), tmp_path / "work", tmp_path / "lens"
+    common = ["--work", str(work), "--model", folder, "--seq", "24", "--skip", "2", "--no-progress"]
+    assert script.main(["fit", *common, "--texts", "4", "--shard", "1", "--max-hours", "0"]) == 0
+    assert sorted(p.name for p in (work / "shards").iterdir()) == ["000"]  # stopped after one shard
+    assert script.main(["fit", *common, "--texts", "4", "--shard", "1"]) == 0  # resumes
+    assert sorted(p.name for p in (work / "shards").iterdir()) == ["000", "001", "002", "003"]
+    assert script.main(["report", *common, "--out", str(out), "--eval-paras", "6", "--eval-rows", "24"]) == 0
+    model = glt.load_model(folder)
+    lens = glt.load_lens(out, model)
+    report = json.loads((out / "report.json").read_text())
+    assert lens.config["n_prompts"] == 4 and report["half_prompts"] == [2, 2]
+    assert len(report["stability_relative_kl_difference"]) == 3 and "| embed |" in (out / "report.md").read_text()
+    assert set(report["heldout"]["kl_mean"]) == {"logit", "least_squares", "jacobian", "jacobian_a", "jacobian_b"}
+    texts = script.corpus(model, 4, 24)  # the merged shards equal one fit on every text
+    whole = fit_jacobian_lens(model, texts, max_seq_len=24, skip_first_positions=2, progress=False)
+    torch.testing.assert_close(lens.jacobian, whole.jacobian, rtol=1e-5, atol=1e-6)
