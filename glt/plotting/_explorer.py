@@ -147,6 +147,11 @@ class Explorer:
     read-outs you have). ``data`` is the JSON-able payload the page draws from (see the module
     docstring for what it keeps).
 
+    Attributes:
+        data: the JSON-able payload the page draws from: layer labels, token strings, and per
+            lens and cell the top-k ids and probabilities, target ranks and log-probabilities,
+            entropy and KL to the final layer.
+
     Example:
         >>> # ex = glt.explore(model, "The capital of France is", lenses=["logit", "tuned"])
         >>> # ex            # a notebook cell displays it; ex.save("explorer.html") writes one file
