@@ -647,7 +647,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(glt.GltError, match=r"cannot write file .*r.json \(disk full\)"):
         atomic_write_bytes(target, b'{"v": 2}')
     monkeypatch.undo()
     assert read_json(target) == {"v": 1}
