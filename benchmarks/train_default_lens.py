@@ -153,7 +153,8 @@ def render_markdown(info: dict, ev) -> str:
         "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
         "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2`, "
         "then `... kl --name tuned_deep --init tuned_gated --layers 11-17 --optimizer linesearch --val-rows 512 "
-        "--max-tokens 7680 --tokens-per-step 256 --seq-len 64 --seed 1 --threads 2`, then `... report --name tuned_deep "
+        "--max-tokens 7680 --tokens-per-step 256 --seq-len 64 --seed 1 --threads 2`, "
+        "then `... report --name tuned_deep "
         "--previous tuned_gated --eval-rows 1024`.",
         f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
         "",

@@ -487,7 +487,8 @@ top-1, next-token accuracy, and the number of lens evaluations a confidence poli
     ("code", """pol = ee["tuned"].to_dataframe()
 show = pol[(pol.group == "all") & (pol.policy.isin(["final", "oracle_onset"])
            | ((pol.policy == "confidence") & pol.param.isin([0.3, 0.5, 0.7, 0.9])))]
-show[["policy", "param", "n", "exit_layer", "compute_saved", "agreement", "accuracy", "lens_evals"]].round(3).reset_index(drop=True)"""),
+columns = ["policy", "param", "n", "exit_layer", "compute_saved", "agreement", "accuracy", "lens_evals"]
+show[columns].round(3).reset_index(drop=True)"""),
     ("code", """glt.plot_side_by_side(ee["logit"], ee["tuned"], plot=glt.plot_early_exit,
                       titles=["logit lens", "tuned lens"])"""),
     ("md", """## Activation patching
@@ -528,8 +529,9 @@ vertical lines at the median transition and lens layers."""),
     ("md", """Pairs where patching and the lens disagree by more than `tolerance` layers are listed by
 `disagreements()` (the paper found such a case for Llama 3 8B); an empty table means they agree
 within the tolerance for every pair."""),
-    ("code", """print("disagreements beyond 2 layers:", len(patch.disagreements(tolerance=2)), "of", patch.n_pairs, "pairs")
-patch.disagreements(tolerance=2)[["pair", "transition_stable", "lens_options_stable", "lens_settle"]]"""),
+    ("code", """far = patch.disagreements(tolerance=2)
+print("disagreements beyond 2 layers:", len(far), "of", patch.n_pairs, "pairs")
+far[["pair", "transition_stable", "lens_options_stable", "lens_settle"]]"""),
 ]
 
 NOTEBOOKS = {

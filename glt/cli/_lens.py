@@ -71,7 +71,9 @@ def _counts(path: str | None) -> Any:
     try:
         t = load_file(path)
     except Exception as e:  # noqa: BLE001
-        raise GltError(f"--frequency-counts {path} is not a readable safetensors file ({e}): pass one with a 'counts' tensor") from e
+        raise GltError(
+            f"--frequency-counts {path} is not a readable safetensors file ({e}): pass one with a 'counts' tensor"
+        ) from e
     if "counts" not in t:
         raise GltError(f"--frequency-counts {path} lacks a 'counts' tensor [d_vocab]: save one under that key")
     return t["counts"]

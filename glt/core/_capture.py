@@ -251,7 +251,9 @@ def _as_id_lists(model: Any, inputs: Any, prepend_bos: bool | None, truncate: bo
         if inputs.ndim == 1:
             inputs = inputs.unsqueeze(0)
         if inputs.ndim != 2 or inputs.dtype.is_floating_point:
-            raise GltError(f"token ids must be an integer [batch, pos] tensor, got {inputs.dtype} {tuple(inputs.shape)}")
+            raise GltError(
+                f"token ids must be an integer [batch, pos] tensor, got {inputs.dtype} {tuple(inputs.shape)}"
+            )
         inputs = inputs.tolist()
     if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)):
         return tokenize(model, inputs, prepend_bos=prepend_bos, truncate=truncate)

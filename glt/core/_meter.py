@@ -6,7 +6,8 @@ the read-out (`glt.readout`) report to the `Meter` that is active in the current
 `readout_timer`; with no meter active they do nothing but check the variable. Nothing is patched:
 the reporting code is part of those functions. A read-out nested in another is counted once.
 `glt study` turns a stage's wall time and its meter into the record it writes to
-``timings/<stage>.json`` (`glt.pipeline._timing`). No memory is recorded. The variable is per thread and per asyncio task, so concurrent stages do not mix.
+``timings/<stage>.json`` (`glt.pipeline._timing`). No memory is recorded. The variable is per thread and per
+asyncio task, so concurrent stages do not mix.
 
 Example:
     >>> meter = Meter()

@@ -5,7 +5,8 @@ log-probability of one or more target tokens, the top-k tokens, the entropy and
 KL(final || layer). Materialising ``[layer, rows, d_vocab]`` logits costs gigabytes; instead the
 read-out walks the vocabulary in cache-sized tiles and keeps running reductions (an online
 log-sum-exp), so peak extra memory is a few ``[layer * row_chunk, vocab_tile]`` tiles per worker
-thread, whatever the number of prompts. The tiled path lives in `glt.decoding._tiled` (the fused CUDA path in `glt.decoding._fused`).
+thread, whatever the number of prompts. The tiled path lives in `glt.decoding._tiled` (the fused CUDA path in
+`glt.decoding._fused`).
 
 Conventions:
 

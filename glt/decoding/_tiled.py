@@ -1,4 +1,5 @@
-"""The tiled read-out (CPU, and CUDA without Triton): one streamed pass over vocabulary tiles, exact ranks, online softmax.
+"""The tiled read-out (CPU, and CUDA without Triton): one streamed pass over vocabulary tiles, exact ranks, online
+softmax.
 
 For a chunk of rows (read positions) at every layer, `chunk_stats` computes the logits tile by
 tile (``[layer * rows, vocab_tile]``, a few MB) and reduces each tile at once, writing every

@@ -175,7 +175,8 @@ def fused_block_stats(
     ``hi``/``lo`` ``[rows, target]`` are the float32 band edges around each target's exact logit;
     ``p_final`` ``[n_rows, V]`` the final layer's probabilities; ``store_z`` ``[n_rows, V]``
     receives the logits (only with one layer of rows). Returns ``[n_blocks, rows]`` tensors
-    ``m1, m2, i1, i2, s, ez`` (and ``kd``, ``ps``: ``sum p_final (z - m)``, ``sum p_final``) and ``[target, n_blocks, rows]`` ``gt, nb, bmin, bmax``.
+    ``m1, m2, i1, i2, s, ez`` (and ``kd``, ``ps``: ``sum p_final (z - m)``, ``sum p_final``) and
+    ``[target, n_blocks, rows]`` ``gt, nb, bmin, bmax``.
     """
     M, K = x_op.shape
     V = W_op.shape[0]

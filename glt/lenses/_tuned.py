@@ -265,7 +265,8 @@ def load_lens(
     cfg = read_json(where / "config.json", "lens config")
     if not isinstance(cfg, dict) or cfg.get("format") not in (FORMAT, JACOBIAN_FORMAT):
         raise GltError(
-            f"lens config {where / 'config.json'} is not a glt lens (format={cfg.get('format') if isinstance(cfg, dict) else None!r}):"
+            f"lens config {where / 'config.json'} is not a glt lens "
+            f"(format={cfg.get('format') if isinstance(cfg, dict) else None!r}):"
             " pass a folder written by TunedLens.save or JacobianLens.save, or a tuned-lens folder with params.pt"
         )
     params = _read_params(where / _PARAMS)
@@ -309,7 +310,9 @@ def import_tuned_lens(
             "folder written by tuned-lens's TunedLens.save"
         )
     if cfg.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens":
-        raise GltError(f"tuned-lens config {where} has lens_type={cfg.get('lens_type')!r}: only 'linear_tuned_lens' is supported")
+        raise GltError(
+            f"tuned-lens config {where} has lens_type={cfg.get('lens_type')!r}: only 'linear_tuned_lens' is supported"
+        )
     file = where / "params.pt"
     if not file.is_file():
         raise GltError(f"tuned-lens file {file} does not exist: the folder is incomplete")

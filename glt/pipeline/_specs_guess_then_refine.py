@@ -81,7 +81,10 @@ def _gtr_head(res: Any) -> list[tuple[str, str]]:
         (f"flip rate of early {h['top_bucket']} guesses (N={h['n_top_early']:,})", pct(h["top_flip_rate_early"])),
         (f"final next-token accuracy (N={h['n_gold']:,})", pct(h["final_accuracy"])),
         ("positions read (texts)", f"{res.n_positions:,} ({c.get('n_texts_used', '?')})"),
-        ("skipped or unread", ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith(("skipped", "n_no")) and v) or "none"),
+        (
+            "skipped or unread",
+            ", ".join(f"{k}={v}" for k, v in c.items() if k.startswith(("skipped", "n_no")) and v) or "none",
+        ),
     ]
 
 

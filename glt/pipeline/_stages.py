@@ -1,7 +1,7 @@
 """The stages of ``glt study``: how each study is run, saved, tabulated, drawn and summarised.
 
-One `StudySpec` per study (`glt.pipeline._plan` lists them); `plan_stages` expands them into `Stage` s (one per study, lens and
-variant, such as ``mc_mmlu_tuned``). Each stage reads only the config and the model, never another
+One `StudySpec` per study (`glt.pipeline._plan` lists them); `plan_stages` expands them into `Stage` s (one per study,
+lens and variant, such as ``mc_mmlu_tuned``). Each stage reads only the config and the model, never another
 stage's output, so stages can run, fail or resume in any order with the same results.
 """
 

@@ -221,7 +221,9 @@ def plot_onset_curves(
     names = list(groups) if groups is not None else list(dict.fromkeys(c.group for c in curves))
     unknown = set(names) - {c.group for c in curves}
     if unknown:
-        raise GltError(f"groups {sorted(unknown)} are not in the result: choose from {sorted({c.group for c in curves})}")
+        raise GltError(
+            f"groups {sorted(unknown)} are not in the result: choose from {sorted({c.group for c in curves})}"
+        )
     n_layers = n_layers or getattr(result, "n_layers", None)
     with glt_style():
         fig, axes = new_axes(ax)

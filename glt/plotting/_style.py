@@ -3,8 +3,8 @@
 Colours come from the Okabe-Ito palette (safe under the common colour-vision deficiencies);
 frequency buckets run warm (frequent) to cool (rare); onset variants differ by line style and
 marker as well as by colour (first crossing solid with dots, stable onset dashed with squares),
-so a figure printed in grey still reads. The lens is named in every title or legend. Layer axes use glt's residual indices: 0 is the
-embedding output, ``n_layers`` the final residual.
+so a figure printed in grey still reads. The lens is named in every title or legend. Layer axes use glt's residual
+indices: 0 is the embedding output, ``n_layers`` the final residual.
 
 Example:
     >>> with_n("DET", 1234)

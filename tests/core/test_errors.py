@@ -43,13 +43,20 @@ CASES = [
         ),
         "padding",
     ),
-    ("bad positions string", lambda m: glt.readout(_stack(m), glt.LogitLens.from_model(m), positions="first"), "positions"),
+    (
+        "bad positions string",
+        lambda m: glt.readout(_stack(m), glt.LogitLens.from_model(m), positions="first"),
+        "positions",
+    ),
     (
         "nan residuals",
         lambda m: glt.ResidualStack.from_cache(
             m,
-            {k: torch.full((1, 2, m.cfg.d_model), float("nan")) for k in
-             [f"blocks.{i}.hook_resid_pre" for i in range(m.cfg.n_layers)] + [f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"]},
+            {
+                k: torch.full((1, 2, m.cfg.d_model), float("nan"))
+                for k in [f"blocks.{i}.hook_resid_pre" for i in range(m.cfg.n_layers)]
+                + [f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"]
+            },
         ),
         "NaN",
     ),

@@ -46,7 +46,8 @@ def test_readout_equals_naive_on_default(default_model):
     tl = full[:, torch.arange(t.shape[0]), t]
     assert torch.equal((full > tl[..., None]).sum(-1), r.ranks[..., 0])
     lsm = full.log_softmax(-1)
-    torch.testing.assert_close(r.target_logprobs[..., 0], lsm[:, torch.arange(t.shape[0]), t], atol=1e-5, rtol=1e-5, check_dtype=False)
+    expected = lsm[:, torch.arange(t.shape[0]), t]
+    torch.testing.assert_close(r.target_logprobs[..., 0], expected, atol=1e-5, rtol=1e-5, check_dtype=False)
     ent = -(lsm.exp() * lsm).sum(-1)
     torch.testing.assert_close(r.entropy, ent, atol=1e-4, rtol=1e-5, check_dtype=False)
     kl = (lsm[-1].exp() * (lsm[-1] - lsm)).sum(-1)

@@ -69,8 +69,12 @@ def assert_same(a, b, where: str = "") -> None:
                 assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
     elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        assert torch.equal(a, b) if not a.is_floating_point() else bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()), where
+        same_kind = a.dtype == b.dtype and a.shape == b.shape
+        assert same_kind, f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        if a.is_floating_point():
+            assert bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()), where
+        else:
+            assert torch.equal(a, b), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for k in a:
@@ -234,7 +238,8 @@ def test_early_exit(tmp_path):
     assert nan_positions(r.fixed_accuracy) == e["fixed_accuracy_nan"]
     assert nan_positions(r.tau_accuracy) == e["tau_accuracy_nan"]
     assert nullable(r.final_accuracy) == [approx(x) if x is not None else None for x in e["final_accuracy"]]
-    assert tsum(r.tau_saved) == approx(e["sum_tau_saved"]) and tsum(r.fixed_agreement) == approx(e["sum_fixed_agreement"])
+    assert tsum(r.tau_saved) == approx(e["sum_tau_saved"])
+    assert tsum(r.fixed_agreement) == approx(e["sum_fixed_agreement"])
     assert len(r.to_dataframe("policies")) > 0
     resave(r, glt.EarlyExitResult, tmp_path / "early_exit.json")
 
@@ -300,7 +305,8 @@ def _params(lens) -> tuple[torch.Tensor, torch.Tensor]:
 def test_tuned_lens_folder(model, tmp_path):
     e = EXPECTED["tuned_lens"]
     cfg = json.loads((F / "tuned_lens" / "config.json").read_text())
-    assert (cfg["format"], cfg["format_version"], cfg["glt_version"]) == (e["format"], e["format_version"], e["glt_version"])
+    keys = ("format", "format_version", "glt_version")
+    assert tuple(cfg[k] for k in keys) == tuple(e[k] for k in keys)
     lens = glt.load_lens(F / "tuned_lens", model)
     assert isinstance(lens, glt.TunedLens)
     assert lens.n_layers == e["n_layers"] and lens.d_model == e["d_model"]

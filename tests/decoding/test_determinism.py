@@ -89,7 +89,8 @@ def _mismatches(a, b, *, atol: float = 0.0, path: str = "") -> list[str]:
     if isinstance(a, (tuple, list)):
         if not isinstance(b, (tuple, list)) or len(a) != len(b):
             return [f"{path}: length"]
-        return [m for i, (x, y) in enumerate(zip(a, b, strict=False)) for m in _mismatches(x, y, atol=atol, path=f"{path}[{i}]")]
+        pairs = enumerate(zip(a, b, strict=False))
+        return [m for i, (x, y) in pairs for m in _mismatches(x, y, atol=atol, path=f"{path}[{i}]")]
     if hasattr(a, "__dataclass_fields__"):
         return [m for f in fields(a) for m in _mismatches(getattr(a, f.name), getattr(b, f.name), atol=atol,
                                                          path=f"{path}.{f.name}")]

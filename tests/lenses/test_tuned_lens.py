@@ -203,7 +203,8 @@ def _corrupt_shapes(d):
 def _corrupt_nan(d):
     from safetensors.torch import save_file
 
-    save_file({"weight": torch.full((3, 28, 28), float("nan")), "bias": torch.zeros(3, 28)}, str(d / "params.safetensors"))
+    params = {"weight": torch.full((3, 28, 28), float("nan")), "bias": torch.zeros(3, 28)}
+    save_file(params, str(d / "params.safetensors"))
 
 
 def _corrupt_missing_key(d):

@@ -75,7 +75,8 @@ class LensEvaluation(Saved):
         for i, name in enumerate(self.lenses):
             for j, label in enumerate(self.layer_labels):
                 kl, ce = self.kl[i, j].double(), self.ce[i, j].double()
-                q = torch.quantile(kl, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)) if kl.numel() else [float("nan")] * 3
+                quartiles = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+                q = torch.quantile(kl, quartiles) if kl.numel() else [float("nan")] * 3
                 rows.append({"lens": name, "layer": j, "layer_label": label,
                              "kl_mean": float(kl.mean()), "kl_q25": float(q[0]), "kl_median": float(q[1]),
                              "kl_q75": float(q[2]), "ce_mean": float(ce.mean()), "n": kl.numel()})
@@ -107,7 +108,9 @@ def evaluate_lens(
 
 
     if not isinstance(lenses, Mapping) or not lenses:
-        raise GltError("lenses must be a non-empty dict of name -> lens, e.g. {'logit': glt.LogitLens.from_model(model)}")
+        raise GltError(
+            "lenses must be a non-empty dict of name -> lens, e.g. {'logit': glt.LogitLens.from_model(model)}"
+        )
     n_layers = int(model.cfg.n_layers)
     for name, lens in lenses.items():  # the signature's check samples one entry: check them all
         if not isinstance(lens, Lens):

@@ -14,7 +14,8 @@ three step sizes per layer (``c/3, c, 3c`` around a per-layer centre ``c``) on t
 positions. Each layer keeps the size whose validation KL improvement is largest after subtracting
 one standard error of the per-position improvements (paired over the same positions), or none
 if no size improves by more than that margin, so the step sizes do not chase noise in a small
-validation set; the centre moves toward the winner. Each layer's KL depends only on its own translator, so one evaluation
+validation set; the centre moves toward the winner. Each layer's KL depends only on its own translator, so one
+evaluation
 pass per candidate serves all layers at once.
 
 Validation KL is computed in the unembedding's own precision (float32 for float32 models) even

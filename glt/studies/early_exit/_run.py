@@ -311,7 +311,10 @@ def early_exit(
 
     groups = [c for c in dict.fromkeys(labels) if c != _ALL] + [_ALL]
     n_g = len(groups)
-    sels = [torch.ones(n_rows, dtype=torch.bool) if c == _ALL else torch.tensor([lab == c for lab in labels]) for c in groups]
+    sels = [
+        torch.ones(n_rows, dtype=torch.bool) if c == _ALL else torch.tensor([lab == c for lab in labels])
+        for c in groups
+    ]
     hist = torch.zeros(n_g, n_layer, dtype=torch.long)
     stats = torch.full((5, n_g), math.nan)
     final_acc = torch.full((n_g,), math.nan)
@@ -323,7 +326,9 @@ def early_exit(
         on = onset[sel].double()
         hist[gi] = torch.bincount(onset[sel], minlength=n_layer)
         q = torch.quantile(on, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-        stats[:, gi] = torch.tensor([float(on.mean()), float(q[1]), float(q[0]), float(q[2]), float(saved_rows[sel].mean())])
+        stats[:, gi] = torch.tensor(
+            [float(on.mean()), float(q[1]), float(q[0]), float(q[2]), float(saved_rows[sel].mean())]
+        )
         gsel = sel & has_gold
         final_acc[gi] = _mean(correct[-1], gsel)
         for ei, layer in enumerate(exits):

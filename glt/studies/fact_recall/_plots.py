@@ -21,7 +21,8 @@ __all__ = ["plot_fact_onsets", "plot_fact_ranks"]
 
 
 def _fact_groups(result: Any, outcome: str) -> list[tuple[int, int]]:
-    pairs = sorted({(int(n), int(j)) for n, j in zip(as_numpy(result.row_length), as_numpy(result.row_position), strict=True)})
+    lengths, positions = as_numpy(result.row_length), as_numpy(result.row_position)
+    pairs = sorted({(int(n), int(j)) for n, j in zip(lengths, positions, strict=True)})
     return pairs
 
 

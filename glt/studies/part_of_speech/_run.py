@@ -18,8 +18,9 @@ inside the text, and a word after a stand-alone space token, such as Gemma's dig
 ``"▁"``, keeps that space in its prefix). Tags come from tagging the whole text, as in the paper.
 An item is *correct* when the final layer's top-1 equals the gold token; the paper keeps only
 those (``correct_only=True``). The paper also counted the word's first token with the other
-leading-space variant as correct; glt does not, since that token spells a different text. By default both are kept and reported apart, each
-with its N. Onsets (first crossing and stable, rank < k with 0-based ranks) follow `glt.decoding._onsets`;
+leading-space variant as correct; glt does not, since that token spells a different text. By default
+both are kept and reported apart, each with its N. Onsets (first crossing and stable, rank < k with 0-based
+ranks) follow `glt.decoding._onsets`;
 curves are labelled ``"{subset}/{label}"`` with subset ``correct``, ``incorrect`` or ``all`` and
 label a tag or a group (``function``: ADP AUX CCONJ DET PART PRON SCONJ; ``content``: ADJ ADV
 INTJ NOUN PROPN VERB; ``other``: NUM PUNCT SYM X).

@@ -62,7 +62,12 @@ def plot_patching(result: Any, *, ax: Any = None, valid_only: bool = False, titl
         axes.plot(layers, pt, color=OKABE_ITO["bluish_green"], ls="--", label=f"mean mass on target options ({tgt})")
         for vals, name, color, ls in (
             (as_numpy(result.transition_stable)[sel], "patching transition", OKABE_ITO["blue"], "-"),
-            (as_numpy(result.lens_options_stable)[sel], f"{result.lens} lens settles", OKABE_ITO["reddish_purple"], ":"),
+            (
+                as_numpy(result.lens_options_stable)[sel],
+                f"{result.lens} lens settles",
+                OKABE_ITO["reddish_purple"],
+                ":",
+            ),
         ):
             ok = vals[vals >= 0]
             if ok.size:

@@ -277,9 +277,10 @@ def test_reweighted_step_objective_is_the_weighted_mean_of_kl(tiny_llama):
     lens = TunedLens.from_model(tiny_llama)
     seqs, bos = plan_sequences(tiny_llama, TRAIN[:4])
     counts = torch.arange(101, dtype=torch.float32) * 10
-    stats = _step_grads(tiny_llama, lens, seqs, bos, lens.unembed.W, torch.arange(lens.n_layers), counts, 0.5, 8, 1000, torch.float32, 64)
-    r = glt.readout(glt.capture_residuals(tiny_llama, seqs), LogitLens.from_model(tiny_llama),
-                    positions=glt.capture_residuals(tiny_llama, seqs).mask & (glt.capture_residuals(tiny_llama, seqs).tokens != bos))
+    layers = torch.arange(lens.n_layers)
+    stats = _step_grads(tiny_llama, lens, seqs, bos, lens.unembed.W, layers, counts, 0.5, 8, 1000, torch.float32, 64)
+    stack = glt.capture_residuals(tiny_llama, seqs)
+    r = glt.readout(stack, LogitLens.from_model(tiny_llama), positions=stack.mask & (stack.tokens != bos))
     w = (1 + counts[r.top1[-1]]) ** -0.5
     torch.testing.assert_close(stats[2:].float() / stats[0].float(), (r.kl_to_final[:-1] * w).sum(1) / w.sum(),
                                rtol=1e-4, atol=1e-5)

@@ -159,8 +159,14 @@ def _naive(top1, maxp, gold, tau):
     st.integers(2, 5).flatmap(
         lambda n_layer: st.integers(1, 4).flatmap(
             lambda n_row: st.tuples(
-                st.lists(st.lists(st.integers(0, 2), min_size=n_row, max_size=n_row), min_size=n_layer, max_size=n_layer),
-                st.lists(st.lists(st.sampled_from([0.1, 0.4, 0.7, 1.0]), min_size=n_row, max_size=n_row), min_size=n_layer, max_size=n_layer),
+                st.lists(
+                    st.lists(st.integers(0, 2), min_size=n_row, max_size=n_row), min_size=n_layer, max_size=n_layer
+                ),
+                st.lists(
+                    st.lists(st.sampled_from([0.1, 0.4, 0.7, 1.0]), min_size=n_row, max_size=n_row),
+                    min_size=n_layer,
+                    max_size=n_layer,
+                ),
                 st.lists(st.integers(0, 2), min_size=n_row, max_size=n_row),
             )
         )
@@ -236,8 +242,8 @@ def test_default_model_early_exit(default_model):
     nxt = p + 1
     ok = nxt < stack.lengths[b]
     gold = torch.where(ok, stack.tokens[b, nxt.clamp_max(stack.tokens.shape[1] - 1)], -1)
-    res = early_exit(r, gold=gold, categories=["first half" if i < len(p) // 2 else "second half" for i in range(len(p))],
-                     model_name="default", data_source="hand-written")
+    halves = ["first half" if i < len(p) // 2 else "second half" for i in range(len(p))]
+    res = early_exit(r, gold=gold, categories=halves, model_name="default", data_source="hand-written")
     assert res.n[-1] == int(stack.lengths.sum()) and res.n_gold[-1] == res.n[-1] - 1
     assert res.fixed_agreement[:, -1].tolist() == [1.0, 1.0, 1.0]
     assert 0.0 <= float(res.onset_saved[-1]) <= 1.0
