@@ -1,7 +1,13 @@
 """MkDocs hooks: pages that live outside ``docs/``, added at build time (nothing is copied by hand).
 
-(The tutorials are ``docs/tutorials``, a symlink to ``notebooks/``, rendered by mkdocs-jupyter
-without executing; pytest executes them with ``--nbmake``.)
+* the tutorials (``docs/tutorials``, a symlink to ``notebooks/``) with their outputs: mkdocs-jupyter
+  never executes a notebook (``execute: false``); the test run does, once (``pytest --nbmake``), and
+  the root ``conftest.py`` writes each executed notebook to ``build/tutorials/``. A tutorial page
+  renders that copy when its cells are the notebook's cells (type and source, so an edited notebook
+  is not shown with outputs of its old code); otherwise it renders the bare notebook, code only,
+  under a note saying so and how to get the outputs (the build still succeeds: a docs-only run or
+  a fresh clone has no copies). ``GLT_DOCS_REQUIRE_OUTPUTS=1`` turns that fallback into an error,
+  for a build that is published;
 
 * ``lens/report.md`` (+ its figures): the shipped tuned lens's training report,
   ``glt/assets/lenses/default/report.md``, or a page saying that this build ships none;
@@ -11,13 +17,29 @@ without executing; pytest executes them with ``--nbmake``.)
   page saying so is generated while a checkout has none, so the nav never dangles.
 """
 
+import html
+import json
+import logging
+import os
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 LENS = ROOT / "glt" / "assets" / "lenses" / "default"
 _LENS_SKIP = {".safetensors", ".pt", ".bin"}
+EXECUTED = ROOT / "build" / "tutorials"  # written by the root conftest.py (pytest --nbmake)
+log = logging.getLogger("mkdocs.hooks.glt")
+_without_outputs: dict[str, str] = {}  # src_uri of a tutorial shown without outputs -> why
+
+_NO_OUTPUTS = """<div class="admonition note glt-no-outputs"><p class="admonition-title">Outputs not shown</p>
+<p>This page was built from the notebook without its outputs ({why}). The test run executes the
+tutorials once and keeps each executed copy in <code>build/tutorials/</code>; build the docs after
+<code>python -m pytest notebooks/</code> (the full test run does both, in that order) to see the
+figures, tables and printed numbers.</p></div>
+"""
 
 _NO_REPORT = """# Shipped tuned lens: training report
 
@@ -62,7 +84,52 @@ def _cli_page() -> str:
     return "\n".join(parts) + "\n"
 
 
+def _cells(path: Path) -> list[tuple[str, str]]:
+    cells = json.loads(path.read_text("utf-8"))["cells"]
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]) for c in cells]
+
+
+def _executed_copy(source: Path) -> tuple[Path | None, str]:
+    """``(build/tutorials/<name>, "")`` when it holds this notebook's cells, else ``(None, why not)``."""
+    copy = EXECUTED / source.name
+    if not copy.is_file():
+        return None, f"no executed copy in {copy.relative_to(ROOT)}"
+    try:
+        same = _cells(copy) == _cells(source)
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"{copy.relative_to(ROOT)} is not a readable notebook: {e}"
+    if not same:
+        return None, f"{copy.relative_to(ROOT)} was executed from other cells: the notebook changed since"
+    return copy, ""
+
+
+def _tutorials(files: Files, config) -> None:
+    """Swap each tutorial for its executed copy (before mkdocs-jupyter picks the notebooks up)."""
+    _without_outputs.clear()
+    for f in list(files):
+        if not (f.src_uri.startswith("tutorials/") and f.src_uri.endswith(".ipynb") and f.abs_src_path):
+            continue
+        name = f.src_uri.removeprefix("tutorials/")
+        if "/" in name or not name[:1].isdigit():
+            continue
+        copy, why = _executed_copy(Path(f.abs_src_path))
+        if copy is not None:  # same page (src_uri), read from build/: build/tutorials/<name> is the copy
+            files.remove(f)
+            files.append(File(f.src_uri, src_dir=str(EXECUTED.parent), dest_dir=config.site_dir,
+                              use_directory_urls=config.use_directory_urls))
+            log.info("%s: rendered with its outputs from %s", f.src_uri, copy.relative_to(ROOT))
+        else:
+            _without_outputs[f.src_uri] = why
+            log.info("%s: rendered without outputs (%s)", f.src_uri, why)
+    if _without_outputs and os.environ.get("GLT_DOCS_REQUIRE_OUTPUTS", "") not in ("", "0"):
+        raise PluginError("GLT_DOCS_REQUIRE_OUTPUTS is set but tutorials have no executed copy: "
+                          + "; ".join(f"{k}: {v}" for k, v in sorted(_without_outputs.items()))
+                          + ". Run `python -m pytest notebooks/` first (it writes build/tutorials/).")
+
+
+@event_priority(100)  # first: mkdocs-jupyter wraps the notebooks in its own on_files
 def on_files(files: Files, config) -> Files:
+    _tutorials(files, config)
     _add(files, config, "cli.md", content=_cli_page())
     report = LENS / "report.md"
     if report.is_file():
@@ -75,3 +142,8 @@ def on_files(files: Files, config) -> Files:
     for name, title in (("benchmarks.md", "Benchmarks"), ("performance.md", "Performance")):
         _add(files, config, name, content=_NO_BENCH.format(title=title))
     return files
+
+
+def on_page_content(html_text: str, page, config, files) -> str:
+    why = _without_outputs.get(page.file.src_uri)
+    return html_text if why is None else _NO_OUTPUTS.format(why=html.escape(why)) + html_text

@@ -16,6 +16,7 @@ from glt._version import __version__ as __version__
 from glt.compare import Comparison, compare_runs, write_comparison_report
 from glt.core import (
     GltError,
+    ResidualSite,
     ResidualStack,
     cache_dir,
     capture_residuals,
@@ -80,11 +81,14 @@ from glt.studies.fact_recall import (
 )
 from glt.studies.guess_then_refine import (
     GuessRefineResult,
+    SublayerSplit,
     plot_bucket_share,
     plot_flip_rate,
     plot_flip_split,
     plot_rank_by_bucket,
+    plot_sublayer_split,
     run_guess_then_refine,
+    sublayer_split,
 )
 from glt.studies.multiple_choice import (
     MCExample,
@@ -121,7 +125,9 @@ __all__ = [
     "PatchingResult",
     "PosResult",
     "Readout",
+    "ResidualSite",
     "ResidualStack",
+    "SublayerSplit",
     "TokenFrequency",
     "TrainConfig",
     "TunedLens",
@@ -166,6 +172,7 @@ __all__ = [
     "plot_rank_by_bucket",
     "plot_rank_curves",
     "plot_side_by_side",
+    "plot_sublayer_split",
     "plot_token_heatmap",
     "read_counterfact",
     "read_mquake",
@@ -177,6 +184,7 @@ __all__ = [
     "run_study",
     "sharded_readout",
     "stable_onset",
+    "sublayer_split",
     "tokenize",
     "topk_churn",
     "train_tuned_lens",

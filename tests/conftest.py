@@ -6,6 +6,8 @@ dims; vocab 101, 3 layers, context 67) so a swapped axis fails loudly.
 
 import os
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import glt
-from tests.helpers import load_tiny
+from tests.helpers import load_tiny, run_bounded
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -61,3 +63,24 @@ def tiny_llama(tiny_root):
 def default_model():
     """The real embedded Gemma 3 270M (integration tier)."""
     return glt.load_model("default")
+
+
+@dataclass(frozen=True)
+class DocsSite:
+    """The docs site built by ``mkdocs build --strict``: its folder, the build's exit status and log."""
+
+    path: Path
+    returncode: int
+    log: str
+    executed: frozenset[str]  # notebooks this pytest run executed: their pages must show outputs
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory, executed_notebooks) -> DocsSite:
+    """The docs, built once per run for every test that reads them (mark those ``after_notebooks``,
+    so that they run after the notebooks and the tutorial pages show this run's outputs)."""
+    site = tmp_path_factory.mktemp("docs") / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = run_bounded([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                       what="the strict mkdocs build", timeout=1800, cwd=Path(__file__).resolve().parents[1], env=env)
+    return DocsSite(site, proc.returncode, proc.stdout + proc.stderr, frozenset(executed_notebooks))

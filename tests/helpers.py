@@ -5,6 +5,7 @@ dims; vocab 101, 3 layers, context 67) so a swapped axis fails loudly. Import fr
 (``from tests.helpers import make_tiny_folder``); ``conftest.py`` only defines fixtures.
 """
 
+import dataclasses
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,3 +178,22 @@ def synthetic_readout(n_layer: int = 19, n_pos: int = 1000, k: int = 5, vocab: i
         targets=top[-1, :, :1].clone(), ranks=ranks, target_logprobs=-torch.rand(n_layer, n_pos, 1, generator=g) * 20,
         topk_ids=top, topk_logprobs=lp, entropy=torch.rand(n_layer, n_pos, generator=g) * 8, kl_to_final=kl,
         lens="logit")
+
+
+def assert_same_result(a, b, where=""):
+    """Field-by-field equality of two results (tensors exactly, NaN equal to NaN)."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), where
+        for f in dataclasses.fields(a):
+            assert_same_result(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()), where
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_result(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert b != b, where
+    else:
+        assert a == b, where

@@ -68,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run guess-then-refine, part of speech, fact recall, multiple "
                         "choice, early exit and patching; write figures, data and a report.")
     st.add_argument("--model", default="default", help="model name or path (default: default)")
-    st.add_argument("--lens", default=None, choices=("tuned", "least_squares", "logit", "both"),
-                    help="lens(es) to use (default: tuned when a tuned lens ships for the model, "
+    st.add_argument("--lens", default=None, metavar="LENS[,LENS...]",
+                    help="lens(es) to read every study with, comma-separated: tuned, least_squares, logit, "
+                    "jacobian, both (= tuned,logit) or a lens folder; each study's forward passes run once "
+                    "and every lens decodes them (default: tuned when a tuned lens ships for the model, "
                     "else least_squares: fitted on the spot on the offline Wikipedia sample, minutes "
-                    "on a CPU, and cached for the next run; both = tuned and logit)")
+                    "on a CPU, and cached for the next run)")
     st.add_argument("--lens-path", default=None, help="tuned-lens folder for --lens tuned/both; a Jacobian "
                     "lens folder (JacobianLens.save) runs as the lens 'jacobian'")
     st.add_argument("--out", default="glt-study", help="output folder (default: glt-study)")

@@ -13,6 +13,9 @@ It imports nothing from the rest of glt but `glt._version` (which saved files re
 """
 
 from glt.core._capture import (
+    ResidualSite as ResidualSite,
+)
+from glt.core._capture import (
     ResidualStack as ResidualStack,
 )
 from glt.core._capture import (
@@ -85,6 +88,7 @@ __all__ = [
     "model_name",
     "rank_and_world",
     "read_json",
+    "ResidualSite",
     "ResidualStack",
     "shard_range",
     "tokenize",

@@ -11,12 +11,23 @@ Layer-index convention (used everywhere in glt, and the one tuned-lens uses):
 So a model with ``n_layers`` blocks gives ``n_layers + 1`` residuals. Batches are right-padded:
 real tokens sit at positions ``0 .. length-1``, so under causal attention a text gives the same
 residuals alone or inside a batch.
+
+Inside a block (opt-in, ``resid_mid=True``): the residual after the block's attention and before
+its MLP, ``blocks.{i}.hook_resid_mid`` (``resid_pre i + attention output``), labelled
+``resid_mid i`` and placed between residual indices ``i`` and ``i + 1``, so a stack of a model
+with ``n_layers`` blocks holds ``2 * n_layers + 1`` residuals::
+
+    embed, resid_mid 0, resid_pre 1, resid_mid 1, ..., resid_pre {n-1}, resid_mid {n-1}, final
+
+`ResidualStack.sites` says where each sits (`ResidualSite`). Models whose blocks run attention
+and MLP in parallel (GPT-J, NeoX/Pythia, Phi, ...) or have no MLP have no such residual.
 """
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -26,22 +37,103 @@ from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._meter import forward_timer
 
-__all__ = ["ResidualStack", "capture_residuals", "iter_residuals", "model_tokenizer", "tokenize"]
+__all__ = [
+    "ResidualSite",
+    "ResidualStack",
+    "capture_residuals",
+    "iter_residuals",
+    "label_sites",
+    "layer_labels",
+    "model_tokenizer",
+    "tokenize",
+]
 
 
 def _n_layers(model: Any) -> int:
     return int(model.cfg.n_layers)
 
 
-def _hook_names(n_layers: int) -> list[str]:
-    return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [
-        f"blocks.{n_layers - 1}.hook_resid_post"
-    ]
+def _hook_names(n_layers: int, resid_mid: bool = False) -> list[str]:
+    """Hook names in stack order (see `layer_labels`)."""
+    names = []
+    for i in range(n_layers):
+        names.append(f"blocks.{i}.hook_resid_pre")
+        if resid_mid:
+            names.append(f"blocks.{i}.hook_resid_mid")
+    return names + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
-def layer_labels(n_layers: int) -> tuple[str, ...]:
-    """Labels for residual indices: ``embed``, ``resid_pre 1`` ... ``final``."""
-    return ("embed",) + tuple(f"resid_pre {i}" for i in range(1, n_layers)) + ("final",)
+def layer_labels(n_layers: int, *, resid_mid: bool = False) -> tuple[str, ...]:
+    """Labels of a stack's residuals: ``embed``, ``resid_pre 1`` ... ``final``.
+
+    With ``resid_mid=True`` each block's mid residual ``resid_mid i`` follows its input.
+
+    Example:
+        >>> layer_labels(2)
+        ('embed', 'resid_pre 1', 'final')
+        >>> layer_labels(2, resid_mid=True)
+        ('embed', 'resid_mid 0', 'resid_pre 1', 'resid_mid 1', 'final')
+    """
+    out = []
+    for i in range(n_layers):
+        out.append("embed" if i == 0 else f"resid_pre {i}")
+        if resid_mid:
+            out.append(f"resid_mid {i}")
+    return (*out, "final")
+
+
+class ResidualSite(NamedTuple):
+    """Where one residual of a stack sits in the model.
+
+    Attributes:
+        index: with ``mid`` False, the residual index (0 = embeddings, ``i`` = the residual
+            entering block ``i``, ``n_layers`` = final); with ``mid`` True, the block whose
+            mid residual it is (``blocks.{index}.hook_resid_mid``: after its attention, before
+            its MLP).
+        mid: whether the residual lies inside a block (between attention and MLP).
+    """
+
+    index: int
+    mid: bool = False
+
+
+_MID_LABEL = re.compile(r"resid_mid (\d+)")
+
+
+def label_sites(labels: Sequence[str]) -> tuple[ResidualSite, ...]:
+    """The `ResidualSite` of each label: ``resid_mid i`` is block ``i``'s mid residual, every
+    other label a block-boundary residual, numbered in order (0, 1, ..., the last is final).
+
+    A ``resid_mid i`` label must sit between residual indices ``i`` and ``i + 1``, once;
+    otherwise GltError.
+
+    Example:
+        >>> [tuple(s) for s in label_sites(("embed", "resid_mid 0", "final"))]
+        [(0, False), (0, True), (1, False)]
+    """
+    sites: list[ResidualSite] = []
+    n_boundary, seen = 0, set()
+    for label in labels:
+        m = _MID_LABEL.fullmatch(str(label))
+        if m is None:
+            sites.append(ResidualSite(n_boundary))
+            n_boundary += 1
+            continue
+        block = int(m.group(1))
+        if block != n_boundary - 1 or block in seen:
+            raise GltError(
+                f"labels: {label!r} must sit once, between residual indices {block} and {block + 1} "
+                f"(after the label of residual {block}), got labels {tuple(labels)}: label a block's "
+                "mid residual by its block index, as layer_labels(n_layers, resid_mid=True) does"
+            )
+        seen.add(block)
+        sites.append(ResidualSite(block, True))
+    if seen and max(seen) >= n_boundary - 1:
+        raise GltError(
+            f"labels: 'resid_mid {max(seen)}' needs residual index {max(seen) + 1} after it, got labels "
+            f"{tuple(labels)}: end the stack with the final residual"
+        )
+    return tuple(sites)
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +145,8 @@ class ResidualStack:
             final residual before the final norm (see the module docstring).
         tokens: ``[batch, pos]`` token ids fed to the model (pad id where ``mask`` is False).
         mask: ``[batch, pos]`` True at real tokens; padding sits at the right.
-        labels: one label per layer of ``resid``.
+        labels: one label per layer of ``resid``; ``resid_mid i`` marks block ``i``'s mid
+            residual (captured with ``resid_mid=True``; see `sites`).
     """
 
     resid: Float[Tensor, "layer batch pos d_model"]
@@ -74,11 +167,23 @@ class ResidualStack:
             )
         if len(self.labels) != n_layer:
             raise GltError(f"labels must name {n_layer} layers, got {len(self.labels)}")
+        label_sites(self.labels)
+
+    @property
+    def sites(self) -> tuple[ResidualSite, ...]:
+        """Where each layer of ``resid`` sits: a residual index, or a block's mid residual."""
+        return label_sites(self.labels)
+
+    @property
+    def has_resid_mid(self) -> bool:
+        """Whether the stack holds mid-block residuals (``resid_mid i``) besides the boundaries."""
+        return any(s.mid for s in self.sites)
 
     @property
     def n_layers(self) -> int:
-        """The number of blocks (the stack holds ``n_layers + 1`` residuals)."""
-        return self.resid.shape[0] - 1
+        """The number of blocks (the stack holds ``n_layers + 1`` block-boundary residuals, and
+        up to ``n_layers`` mid residuals more)."""
+        return sum(not s.mid for s in self.sites) - 1
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
@@ -93,24 +198,29 @@ class ResidualStack:
         *,
         tokens: Int[Tensor, "batch pos"] | None = None,
         mask: Bool[Tensor, "batch pos"] | None = None,
+        resid_mid: bool = False,
     ) -> "ResidualStack":
         """Build a stack from a ``run_with_cache`` cache (HookedTransformer or TransformerBridge).
 
         The cache must hold ``blocks.{i}.hook_resid_pre`` for every block and the last block's
-        ``hook_resid_post`` (a full ``run_with_cache`` does).
+        ``hook_resid_post`` (a full ``run_with_cache`` does); with ``resid_mid=True`` also every
+        ``blocks.{i}.hook_resid_mid``, placed as `layer_labels` says.
 
         Example:
             >>> # logits, cache = model.run_with_cache(tokens)
             >>> # stack = ResidualStack.from_cache(model, cache, tokens=tokens)
         """
         n_layers = _n_layers(model)
-        names = _hook_names(n_layers)
+        if resid_mid:
+            _check_resid_mid(model)
+        names = _hook_names(n_layers, resid_mid)
         missing = [n for n in names if n not in cache]
         if missing:
             raise GltError(
                 f"cache lacks residual hooks {missing[:3]}{'...' if len(missing) > 3 else ''}: "
                 "run model.run_with_cache(tokens) without a names_filter, or with one that keeps "
-                "every 'hook_resid_pre' and the last 'hook_resid_post'"
+                "every 'hook_resid_pre', the last 'hook_resid_post'"
+                + (" and every 'hook_resid_mid'" if resid_mid else "")
             )
         parts = [cache[n] for n in names]
         if parts[0].ndim == 2:  # remove_batch_dim=True
@@ -123,7 +233,26 @@ class ResidualStack:
         if mask is None:
             mask = torch.ones(batch, pos, dtype=torch.bool, device=resid.device)
         _check_finite(resid)
-        return cls(resid, tokens.to(resid.device), mask.to(resid.device).bool(), layer_labels(n_layers))
+        return cls(resid, tokens.to(resid.device), mask.to(resid.device).bool(),
+                   layer_labels(n_layers, resid_mid=resid_mid))
+
+
+def _check_resid_mid(model: Any) -> None:
+    """GltError unless ``model``'s blocks have a residual between attention and MLP."""
+    cfg = model.cfg
+    why = None
+    if getattr(cfg, "parallel_attn_mlp", False):
+        why = "runs each block's attention and MLP in parallel on the same input (cfg.parallel_attn_mlp)"
+    elif getattr(cfg, "attn_only", False):
+        why = "is attention-only (cfg.attn_only: no MLP)"
+    elif hasattr(model, "hook_dict") and "blocks.0.hook_resid_mid" not in model.hook_dict:
+        why = "has no hook blocks.0.hook_resid_mid"
+    if why:
+        raise GltError(
+            f"resid_mid=True: model {getattr(cfg, 'model_name', type(model).__name__)!r} {why}, so no residual "
+            "sits between a block's attention and its MLP: capture with resid_mid=False (block-boundary "
+            "residuals only)"
+        )
 
 
 def _check_finite(resid: Tensor) -> None:
@@ -218,9 +347,9 @@ class _Stop(Exception):
     """Raised by the last residual hook so the model skips the final norm and unembedding."""
 
 
-def _forward_residuals(model: Any, tokens: Tensor, mask: Tensor) -> Tensor:
+def _forward_residuals(model: Any, tokens: Tensor, mask: Tensor, resid_mid: bool = False) -> Tensor:
     n_layers = _n_layers(model)
-    names = _hook_names(n_layers)
+    names = _hook_names(n_layers, resid_mid)
     store: dict[int, Tensor] = {}
 
     def grab(idx: int, stop: bool):
@@ -231,15 +360,18 @@ def _forward_residuals(model: Any, tokens: Tensor, mask: Tensor) -> Tensor:
 
         return hook
 
-    hooks = [(name, grab(i, i == n_layers)) for i, name in enumerate(names)]
+    last = len(names) - 1
+    hooks = [(name, grab(i, i == last)) for i, name in enumerate(names)]
     with torch.inference_mode():
         try:
             model.run_with_hooks(tokens, attention_mask=mask.long(), fwd_hooks=hooks)
         except _Stop:
             pass
-    if len(store) != n_layers + 1:
-        raise GltError(f"captured {len(store)} of {n_layers + 1} residual hooks: unsupported model")
-    return torch.stack([store[i] for i in range(n_layers + 1)])
+    if len(store) != len(names):
+        missed = [n for i, n in enumerate(names) if i not in store]
+        raise GltError(f"captured {len(store)} of {len(names)} residual hooks (none fired at {missed[:3]}): "
+                       "unsupported model")
+    return torch.stack([store[i] for i in range(len(names))])
 
 
 def _device(model: Any) -> torch.device:
@@ -281,23 +413,27 @@ def iter_residuals(
     batch_size: int = 8,
     prepend_bos: bool | None = None,
     truncate: bool = False,
+    resid_mid: bool = False,
 ) -> Iterator[ResidualStack]:
     """Yield one `ResidualStack` per batch of ``batch_size`` inputs (texts or token id lists).
 
     Only the residual hooks are cached, and the forward pass stops after the last block.
+    ``resid_mid=True`` adds each block's mid residual (see `capture_residuals`).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GltError(f"batch_size must be a positive int, got {batch_size!r}")
+    if resid_mid:
+        _check_resid_mid(model)
     seqs = _as_id_lists(model, inputs, prepend_bos, truncate)
     tok = model_tokenizer(model)
     pad_id = getattr(tok, "pad_token_id", None)
     pad_id = int(pad_id) if pad_id is not None else 0
     device = _device(model)
-    labels = layer_labels(_n_layers(model))
+    labels = layer_labels(_n_layers(model), resid_mid=resid_mid)
     for start in range(0, len(seqs), batch_size):
         tokens, mask = pad_batch(seqs[start : start + batch_size], pad_id, device)
         with forward_timer(tokens=int(mask.sum())):
-            resid = _forward_residuals(model, tokens, mask)
+            resid = _forward_residuals(model, tokens, mask, resid_mid)
         _check_finite(resid)
         yield ResidualStack(resid, tokens, mask, labels)
 
@@ -310,6 +446,7 @@ def capture_residuals(
     batch_size: int = 8,
     prepend_bos: bool | None = None,
     truncate: bool = False,
+    resid_mid: bool = False,
 ) -> ResidualStack:
     """Run ``inputs`` through ``model`` and return the residual stream entering every block.
 
@@ -320,17 +457,25 @@ def capture_residuals(
         batch_size: forward-pass batch size (results do not depend on it).
         prepend_bos: BOS policy, see `tokenize`.
         truncate: keep the first ``n_ctx`` tokens of over-long inputs (warns) instead of raising.
+        resid_mid: also capture each block's residual after its attention and before its MLP
+            (``blocks.{i}.hook_resid_mid``, labelled ``resid_mid i``), interleaved after the
+            block's input. Only the logit lens reads these (see `glt.LogitLens`); models with
+            parallel attention and MLP, or no MLP, raise GltError.
 
     Returns:
-        A right-padded `ResidualStack` of shape ``[n_layers + 1, batch, pos, d_model]``.
+        A right-padded `ResidualStack` of shape ``[n_layers + 1, batch, pos, d_model]``
+        (``[2 * n_layers + 1, ...]`` with ``resid_mid``).
 
     Example:
         >>> # stack = glt.capture_residuals(model, ["The capital of France is"])
         >>> # stack.resid.shape  -> (19, 1, 6, 640) for the default model
+        >>> # glt.capture_residuals(model, "The capital", resid_mid=True).labels[:3]
+        >>> # -> ('embed', 'resid_mid 0', 'resid_pre 1')
     """
     parts = list(
         iter_residuals(
-            model, inputs, batch_size=batch_size, prepend_bos=prepend_bos, truncate=truncate
+            model, inputs, batch_size=batch_size, prepend_bos=prepend_bos, truncate=truncate,
+            resid_mid=resid_mid,
         )
     )
     if len(parts) == 1:

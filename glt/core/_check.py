@@ -45,10 +45,16 @@ def _describe(annotation: Any) -> str:
         values = ", ".join(repr(v) for v in get_args(annotation))
         return f"one of {values}" if len(get_args(annotation)) > 1 else values
     if origin is Union or origin is types.UnionType:
-        parts = [_describe(a) for a in get_args(annotation)]
+        args = get_args(annotation)
+        parts = [_describe(a) for a in args]
+        for i, a in enumerate(args):  # "X or a sequence of X" reads "X, or a list of them"
+            if getattr(get_origin(a), "__name__", "") == "Sequence" and get_args(a)[0] in args:
+                parts[i] = "a list of them"
         return ", ".join(parts[:-1]) + " or " + parts[-1]
     if annotation is type(None):
         return "None"
+    if origin is not None and getattr(origin, "__name__", "") == "Sequence" and len(get_args(annotation)) == 1:
+        return f"a sequence of {_describe(get_args(annotation)[0]).removeprefix('a ')}"
     if isinstance(annotation, type) and getattr(annotation, "_is_protocol", False):
         members = [n for n in (*getattr(annotation, "__annotations__", {}), *vars(annotation)) if not n.startswith("_")]
         return f"a {annotation.__name__} (an object with {', '.join(dict.fromkeys(members))})"

@@ -44,6 +44,14 @@ class Meter:
         self.readout_rows = 0
         self._depth = 0
 
+    def scaled(self, factor: float) -> "Meter":
+        """A copy with every total times ``factor`` (a share of work measured together)."""
+        out = Meter()
+        out.forward_s, out.readout_s = self.forward_s * factor, self.readout_s * factor
+        out.forward_tokens = round(self.forward_tokens * factor)
+        out.readout_rows = round(self.readout_rows * factor)
+        return out
+
     @contextlib.contextmanager
     def installed(self) -> Iterator["Meter"]:
         """Make this meter the one that capture, patching and the read-out report to."""

@@ -44,7 +44,7 @@ from glt.core._io import atomic_write_bytes, malformed
 from glt.core._meter import readout_timer
 from glt.decoding._backend import chunk_stats
 from glt.decoding._stats import resolve_matmul_dtype
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, require_resid_mid, transform_residuals
 
 __all__ = ["Readout", "readout", "select_rows"]
 
@@ -61,7 +61,8 @@ class Readout(Saved):
     """Per-layer statistics at each read position ("row"), from `readout`.
 
     Attributes:
-        layer_labels: one label per residual index (``embed`` ... ``final``).
+        layer_labels: one label per residual index (``embed`` ... ``final``; with a stack
+            captured with ``resid_mid=True``, ``resid_mid i`` between them).
         batch_index, pos_index: ``[row]`` where each row was read in the stack.
         input_ids: ``[row]`` the token at the read position.
         targets: ``[row, target]`` the tracked token ids.
@@ -307,8 +308,11 @@ def readout(
     """Decode every layer of ``stack`` with ``lens`` and reduce to per-layer statistics.
 
     Args:
-        stack: residuals from `glt.capture_residuals` or `glt.ResidualStack.from_cache`.
-        lens: a `glt.Lens` for the same model (`glt.LogitLens`, `glt.TunedLens`).
+        stack: residuals from `glt.capture_residuals` or `glt.ResidualStack.from_cache`; a stack
+            captured with ``resid_mid=True`` also decodes each block's mid residual (its
+            ``resid_mid i`` layers), with a lens that reads them (the logit lens).
+        lens: a `glt.Lens` for the same model (`glt.LogitLens`, `glt.TunedLens`); a lens without
+            ``resid_mid`` translators (tuned, Jacobian) raises GltError on a ``resid_mid`` stack.
         targets: token ids to rank, ``[row]`` or ``[row, target]`` (several per row, such as the
             options of a multiple-choice question); default: the final layer's top-1.
         top_k: how many best tokens to keep per layer and row.
@@ -346,7 +350,10 @@ def readout(
     vocab_tile = _positive("vocab_tile", vocab_tile)
     threads = _positive("threads", threads)
     mm_dtype = resolve_matmul_dtype(matmul_dtype)
-    lens.check_compatible(stack.resid.shape[0], stack.resid.shape[-1])
+    sites = stack.sites
+    lens.check_compatible(stack.n_layers + 1, stack.resid.shape[-1])
+    if stack.has_resid_mid:
+        require_resid_mid(lens)
     unembed = lens.unembed
     b_idx, p_idx = select_rows(stack, positions)
     n_rows = int(b_idx.shape[0])
@@ -362,7 +369,7 @@ def readout(
         for r0 in range(0, n_rows, chunk):
             bi, pi = b_idx[r0 : r0 + chunk], p_idx[r0 : r0 + chunk]
             h = stack.resid[:, bi, pi].float()
-            x = unembed.normalize(lens.transform_stack(h)).float()
+            x = unembed.normalize(transform_residuals(lens, h, sites)).float()
             t = None if tgt is None else tgt[r0 : r0 + chunk]
             out = chunk_stats(unembed, x, t, top_k, tile=min(tile, unembed.d_vocab),
                               matmul_dtype=mm_dtype, workers=workers)

@@ -40,6 +40,7 @@ def sharded_readout(
     targets: Callable[[ResidualStack, range], Tensor] | None = None,
     prepend_bos: bool | None = None,
     truncate: bool = False,
+    resid_mid: bool = False,
     **readout_kwargs: Any,
 ) -> Readout:
     """Capture and read out ``inputs`` sharded over the ranks; every rank gets the merged result.
@@ -51,7 +52,8 @@ def sharded_readout(
         batch_size: forward-pass batch size, the unit of sharding.
         targets: optional ``f(stack, items) -> [row] or [row, target]`` giving the targets of one
             batch (``items`` is the batch's range in ``inputs``); default the final top-1.
-        prepend_bos, truncate: as in `glt.capture_residuals`.
+        prepend_bos, truncate, resid_mid: as in `glt.capture_residuals` (``resid_mid`` needs a lens
+            that reads mid-block residuals: the logit lens).
         **readout_kwargs: passed to `glt.readout` (``positions``, ``top_k``, ``threads``, ...).
 
     Returns:
@@ -72,7 +74,7 @@ def sharded_readout(
         if len(shard):
             stacks = iter_residuals(model, list(inputs[shard.start : shard.stop]),
                                     batch_size=batch_size, prepend_bos=prepend_bos,
-                                    truncate=truncate)
+                                    truncate=truncate, resid_mid=resid_mid)
             for i, stack in enumerate(stacks):
                 start = shard.start + i * batch_size
                 items = range(start, min(start + batch_size, shard.stop))

@@ -82,6 +82,10 @@ class JacobianLens(LogitLens):
         jacobian: ``[n_layers, d_model, d_model]`` float32 buffer, ``jacobian[i]`` the ``[out, in]``
             matrix of residual index ``i`` (the identity until set, i.e. the logit lens).
 
+    Matrices exist for block-boundary residuals only: a stack captured with ``resid_mid=True``
+    (a block's residual between attention and MLP) raises GltError in `glt.readout`; read it with
+    `glt.LogitLens` (``reads_resid_mid`` is False here).
+
     Example:
         >>> import torch
         >>> from glt.lenses._logit import Unembed
@@ -96,6 +100,7 @@ class JacobianLens(LogitLens):
     """
 
     name = "jacobian"
+    reads_resid_mid = False  # Jacobians of block-boundary residuals only
 
     def __init__(self, unembed: Unembed, n_layers: int, config: dict[str, Any] | None = None) -> None:
         super().__init__(unembed, n_layers)

@@ -7,6 +7,11 @@ The contract follows tuned-lens so its users feel at home:
 * ``lens(h, idx)``: logits ``unembed(transform_hidden(h, idx))``;
 * ``lens.transform_stack(resid)``: the vectorised path over a whole ``[layer, ...]`` stack.
 
+Inside a block: ``lens.transform_sites(resid, sites)`` reads a stack that also holds mid-block
+residuals (``blocks.{i}.hook_resid_mid``, captured with ``resid_mid=True``). The logit lens reads
+them like any residual (``reads_resid_mid`` is True); the tuned and Jacobian lenses have
+translators for block-boundary residuals only, so they raise GltError there.
+
 `Unembed` is the model's own read-out: its final-norm module recomputed on every input (never
 the final layer's cached scale), then ``W_U``, ``b_U`` and the output soft-cap if the model has one.
 """
@@ -19,9 +24,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from glt.core._capture import ResidualSite
 from glt.core._errors import GltError
 
-__all__ = ["LogitLens", "Unembed"]
+__all__ = ["LogitLens", "Unembed", "no_resid_mid_message"]
+
+
+def no_resid_mid_message(lens: Any, argument: str = "lens") -> str:
+    """The GltError message for a lens asked to read a ``resid_mid`` residual it has no translator for."""
+    return (
+        f"{argument}: the {getattr(lens, 'name', '?')!r} lens ({type(lens).__name__}) has no translator for "
+        "resid_mid residuals (blocks.i.hook_resid_mid, labelled 'resid_mid i': after a block's attention, "
+        "before its MLP), only for block-boundary residuals: read a resid_mid stack with the logit lens "
+        "(glt.LogitLens.from_model(model)), or capture without resid_mid=True to use this lens"
+    )
 
 
 def _softcap_of(model: Any) -> float | None:
@@ -118,12 +134,19 @@ class LogitLens(nn.Module):
         n_layers: the model's block count; residual indices run ``0 .. n_layers`` (see
             `glt.ResidualStack` for the convention).
 
+    It reads a block's mid residual (``resid_mid``, after attention and before the MLP) as it
+    reads any residual: ``reads_resid_mid`` is True and `transform_sites` decodes stacks
+    captured with ``resid_mid=True``. Subclasses whose translators exist only for block-boundary
+    residuals (`glt.TunedLens`, `glt.JacobianLens`) set ``reads_resid_mid = False``.
+
     Example:
         >>> # lens = glt.LogitLens.from_model(model)
         >>> # logits = lens(stack.resid[5], 5)  # [batch, pos, d_vocab]
     """
 
     name = "logit"
+    #: whether `transform_mid` / `transform_sites` read mid-block (``resid_mid``) residuals
+    reads_resid_mid: bool = True
 
     def __init__(self, unembed: Unembed, n_layers: int) -> None:
         super().__init__()
@@ -153,6 +176,36 @@ class LogitLens(nn.Module):
     def transform_stack(self, resid: Float[Tensor, "layer ... d_model"]) -> Float[Tensor, "layer ... d_model"]:
         """Vectorised `transform_hidden` over a stack whose layer ``i`` is residual index ``i``."""
         return resid
+
+    def transform_mid(self, h: Float[Tensor, "... d_model"], block: int) -> Float[Tensor, "... d_model"]:
+        """Block ``block``'s mid residual (``blocks.{block}.hook_resid_mid``) as the final layer
+        would see it: the identity for the logit lens; GltError where ``reads_resid_mid`` is False."""
+        if not self.reads_resid_mid:
+            raise GltError(no_resid_mid_message(self))
+        if not 0 <= block < self.n_layers:
+            raise GltError(f"block must be a block index in [0, {self.n_layers}) for a resid_mid residual, "
+                           f"got {block}")
+        return h
+
+    def transform_sites(
+        self, resid: Float[Tensor, "layer ... d_model"], sites: tuple[ResidualSite, ...]
+    ) -> Float[Tensor, "layer ... d_model"]:
+        """`transform_stack` for a stack whose layers sit at ``sites`` (`glt.ResidualStack.sites`):
+        block-boundary residuals through `transform_stack`, mid residuals through `transform_mid`."""
+        if len(sites) != resid.shape[0]:
+            raise GltError(f"sites must name the {resid.shape[0]} layers of resid, got {len(sites)}")
+        mids = [i for i, s in enumerate(sites) if s.mid]
+        if not mids:
+            return self.transform_stack(resid)
+        if not self.reads_resid_mid:
+            raise GltError(no_resid_mid_message(self))
+        keep = [i for i, s in enumerate(sites) if not s.mid]
+        moved = self.transform_stack(resid[keep])
+        out = torch.empty((resid.shape[0], *moved.shape[1:]), dtype=moved.dtype, device=moved.device)
+        out[keep] = moved
+        for i in mids:
+            out[i] = self.transform_mid(resid[i], sites[i].index).to(moved.dtype)
+        return out
 
     def forward(self, h: Float[Tensor, "... d_model"], idx: int) -> Float[Tensor, "... d_vocab"]:
         """Logits for residual ``h`` at index ``idx``."""

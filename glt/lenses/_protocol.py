@@ -12,16 +12,25 @@ the residual width, ``d_vocab`` the vocabulary.
 
 LogitLens and TunedLens also offer tuned-lens's per-index contract, ``transform_hidden(h, idx)``
 and ``lens(h, idx)`` (logits); the read-out does not need them, so `Lens` does not ask for them.
+
+Mid-block residuals (``resid_mid``, captured with ``resid_mid=True``) are optional: a lens reads
+them when it has ``reads_resid_mid = True`` and a method ``transform_sites(resid, sites)`` (the
+stack's `glt.ResidualStack.sites`). `glt.LogitLens` does; `glt.TunedLens` and `glt.JacobianLens`
+(translators for block-boundary residuals only) and lenses without these members do not, and
+`transform_residuals` raises GltError for them saying to use the logit lens.
 """
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Float
 from torch import Tensor
 
-from glt.lenses._logit import Unembed
+from glt.core._capture import ResidualSite
+from glt.core._errors import GltError
+from glt.lenses._logit import Unembed, no_resid_mid_message
 
-__all__ = ["Lens"]
+__all__ = ["Lens", "lens_set", "reads_resid_mid", "require_resid_mid", "transform_residuals"]
 
 _MEMBERS = ("name", "unembed", "transform_stack", "check_compatible")
 
@@ -85,3 +94,58 @@ class Lens(Protocol, metaclass=_ByAttributes):
         """Raise `GltError` unless a stack of ``n_residuals`` residual indices of width ``d_model``
         fits this lens (the message names what the lens was built for and the fix)."""
         ...
+
+
+def lens_set(lens: "Lens | Sequence[Lens]") -> tuple[dict[str, "Lens"], bool]:
+    """``({name: lens}, single)`` for a study that takes one lens or several.
+
+    The studies accept a sequence of lenses to decode the same forward passes with each (every
+    lens from one forward pass); they key their results by ``lens.name``, so names must differ.
+    ``single`` says a lone lens was passed (the study then returns its result, not a dict).
+
+    Example:
+        >>> import torch
+        >>> from glt.lenses._logit import LogitLens, Unembed
+        >>> logit = LogitLens(Unembed(torch.nn.Identity(), torch.randn(5, 11), None), n_layers=3)
+        >>> lens_set(logit)[1], list(lens_set([logit])[0])
+        (True, ['logit'])
+    """
+    if isinstance(lens, Lens):
+        return {lens.name: lens}, True
+    if isinstance(lens, (str, bytes)) or not isinstance(lens, Sequence) or not lens:
+        raise GltError(f"lens must be a lens or a non-empty list of lenses, got {type(lens).__name__} {lens!r:.60}: "
+                       "pass e.g. glt.LogitLens.from_model(model) or [logit_lens, tuned_lens]")
+    out: dict[str, Lens] = {}
+    for i, one in enumerate(lens):
+        if not isinstance(one, Lens):
+            missing = [m for m in _MEMBERS if not hasattr(one, m)]
+            raise GltError(f"lens[{i}] is a {type(one).__name__}, not a lens (it lacks {missing}): "
+                           "pass lens objects such as glt.LogitLens.from_model(model)")
+        if one.name in out:
+            raise GltError(f"lens[{i}] is named {one.name!r} like an earlier lens: results are keyed by lens name, "
+                           "so give each lens a distinct name (set its .name)")
+        out[one.name] = one
+    return out, False
+
+
+def reads_resid_mid(lens: Any) -> bool:
+    """Whether ``lens`` decodes mid-block (``resid_mid``) residuals: True for `glt.LogitLens`,
+    False for `glt.TunedLens`, `glt.JacobianLens` and lenses without ``transform_sites``."""
+    return bool(getattr(lens, "reads_resid_mid", False)) and callable(getattr(lens, "transform_sites", None))
+
+
+def require_resid_mid(lens: Any, argument: str = "lens") -> None:
+    """GltError naming ``argument`` unless ``lens`` reads ``resid_mid`` residuals (`reads_resid_mid`)."""
+    if not reads_resid_mid(lens):
+        raise GltError(no_resid_mid_message(lens, argument))
+
+
+def transform_residuals(
+    lens: Lens, resid: Float[Tensor, "layer ... d_model"], sites: tuple[ResidualSite, ...]
+) -> Float[Tensor, "layer ... d_model"]:
+    """``lens.transform_stack(resid)``, or ``lens.transform_sites(resid, sites)`` when ``sites``
+    holds mid-block residuals (GltError if the lens does not read them, see `require_resid_mid`)."""
+    if not any(s.mid for s in sites):
+        return lens.transform_stack(resid)
+    require_resid_mid(lens)
+    return lens.transform_sites(resid, sites)  # type: ignore[attr-defined]

@@ -62,6 +62,10 @@ class TunedLens(LogitLens):
         weight: ``[n_layers, d_model, d_model]`` translator matrices ``A`` (``[out, in]``).
         bias: ``[n_layers, d_model]`` translator biases ``b``.
 
+    Translators exist for block-boundary residuals only: a stack captured with
+    ``resid_mid=True`` (a block's residual between attention and MLP) raises GltError in
+    `glt.readout`; read it with `glt.LogitLens` (``reads_resid_mid`` is False here).
+
     Example:
         >>> import torch
         >>> from glt.lenses._logit import Unembed
@@ -74,6 +78,7 @@ class TunedLens(LogitLens):
     """
 
     name = "tuned"
+    reads_resid_mid = False  # translators read block-boundary residuals only
 
     def __init__(self, unembed: Unembed, n_layers: int, config: dict[str, Any] | None = None) -> None:
         super().__init__(unembed, n_layers)

@@ -108,11 +108,24 @@ class StudyContext:
                 self._lenses[name] = least_squares_lens(self.model, model_arg=self.config.model,
                                                         progress=self.progress)
             elif name == "jacobian":
-                self._lenses[name] = load_jacobian_lens(self.model, self.config.lens_path)
+                self._lenses[name] = load_jacobian_lens(self.model, self.folder("jacobian"))
             else:
-                self._lenses[name] = load_tuned_lens(self.model, self.config.lens_path)
+                self._lenses[name] = load_tuned_lens(self.model, self.folder("tuned"))
             self.setup[f"load {name} lens"] = time.perf_counter() - t0
         return self._lenses[name]
+
+    def folder(self, kind: str) -> str | None:
+        """The folder the ``kind`` lens (``"tuned"`` or ``"jacobian"``) is read from: the one of
+        ``config.lens_folders`` holding that kind, else ``config.lens_path`` if it holds it (a
+        Jacobian lens at ``lens_path`` also answers for ``"jacobian"`` alone), else None (the
+        shipped lens)."""
+        for path in getattr(self.config, "lens_folders", ()):
+            if lens_folder_kind(path) == kind:
+                return path
+        path = self.config.lens_path
+        if path is not None and (lens_folder_kind(path) == kind or kind == "jacobian"):
+            return path
+        return None
 
     def frequency(self) -> Any:
         """The shipped table for the default model, else one counted on the Wikipedia sample."""

@@ -17,7 +17,7 @@ from glt.pipeline._specs import (
     patching_spec,
 )
 from glt.pipeline._specs_fact_recall import fact_recall_spec
-from glt.pipeline._specs_guess_then_refine import early_exit_spec, guess_then_refine_spec
+from glt.pipeline._specs_guess_then_refine import early_exit_spec, guess_then_refine_spec, sublayer_spec
 from glt.pipeline._stages import Stage, StudySpec
 
 __all__ = ["TextReadout", "plan_stages", "specs"]
@@ -25,7 +25,7 @@ __all__ = ["TextReadout", "plan_stages", "specs"]
 
 def specs() -> list[StudySpec]:
     """The studies in the order `glt study` runs them."""
-    return [heatmap_spec(), guess_then_refine_spec(), part_of_speech_spec(), fact_recall_spec(),
+    return [heatmap_spec(), guess_then_refine_spec(), sublayer_spec(), part_of_speech_spec(), fact_recall_spec(),
             multiple_choice_spec(), early_exit_spec(), patching_spec()]
 
 

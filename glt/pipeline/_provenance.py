@@ -30,15 +30,14 @@ def _short(v: Any, n: int = 300) -> Any:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _choice(name: str, lens: Any, config: Any) -> str:
+def _choice(name: str, lens: Any, ctx: Any) -> str:
     """How the run came by lens ``name``, in words."""
     if name == "logit":
         return "logit: the model's own final norm and unembedding"
-    if name == "tuned":
-        return "tuned: " + (f"--lens-path {config.lens_path}" if config.lens_path
-                            else "the tuned lens shipped for the model")
-    if name == "jacobian":
-        return f"jacobian: --lens-path {config.lens_path}"
+    if name in ("tuned", "jacobian"):
+        path = ctx.folder(name)
+        option = "--lens-path" if path == ctx.config.lens_path else "--lens"
+        return f"{name}: " + (f"{option} {path}" if path else "the tuned lens shipped for the model")
     origin = getattr(lens, "origin", {}) or {}
     how = (f"reused from the cache {origin.get('folder')} (fitted {origin.get('fitted_at')})" if origin.get("reused")
            else f"fitted on the spot this run in {origin.get('fit_seconds', float('nan')):.0f} s, cached at "
@@ -58,9 +57,9 @@ def provenance(ctx: Any) -> dict[str, Any]:
         keep = {k: _short(cfg[k]) for k in ("model_name", "training", "least_squares", "data", "steps",
                                             "seed", "unembed_hash", "glt_version") if k in cfg}
         if name == "tuned":
-            keep["folder"] = str(ctx.config.lens_path or "shipped default (glt/assets/lenses/default)")
+            keep["folder"] = str(ctx.folder("tuned") or "shipped default (glt/assets/lenses/default)")
         if name == "jacobian":
-            keep.update(folder=str(ctx.config.lens_path), fit=_short(cfg.get("fit")),
+            keep.update(folder=str(ctx.folder("jacobian")), fit=_short(cfg.get("fit")),
                         n_prompts=cfg.get("n_prompts"), residual_0=cfg.get("residual_0"))
         origin = getattr(lens, "origin", None)
         if name == "least_squares" and isinstance(origin, dict):
@@ -69,7 +68,7 @@ def provenance(ctx: Any) -> dict[str, Any]:
                 "reused", "fitted_at", "fit_seconds", "positions", "kl_training_estimate")})
         prov[f"{name} lens"] = keep or "the model's own final norm and unembedding"
     if ctx._lenses:
-        prov["lens choice"] = "; ".join(_choice(name, lens, ctx.config) for name, lens in ctx._lenses.items())
+        prov["lens choice"] = "; ".join(_choice(name, lens, ctx) for name, lens in ctx._lenses.items())
     if ctx._freq is not None:
         prov["frequency table"] = f"{ctx._freq.corpus} ({ctx._freq.n_texts} texts, tokenizer {ctx._freq.tokenizer})"
     return prov

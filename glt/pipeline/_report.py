@@ -10,6 +10,7 @@ read-out, analysis and plotting, with tokens per second.
 import base64
 import datetime
 import html
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,41 @@ def _rate(n: Any, s: Any) -> Any:
     return n / s if s and s > 0 and n else float("nan")
 
 
+_N = re.compile(r"(;\s*|\s*\(|,\s*)N=([\d,]+)\)?")
+
+
+def _split_n(label: str) -> tuple[str, str]:
+    """``(label without its N, the N)``: ``"flip rate (N=1,234)"`` -> ``("flip rate", "1,234")``."""
+    m = _N.search(label)
+    if not m:
+        return label, ""
+    inside = not m.group(1).strip().startswith("(")  # "(a; N=5)" keeps "(a)", "(N=5)" goes whole
+    rest = label[: m.start()] + (")" if inside and m.group(0).endswith(")") else "") + label[m.end():]
+    return rest.strip(), m.group(2)
+
+
+def by_lens_rows(plan: list[Any], results: dict[str, Any], lenses: tuple[str, ...]) -> list[list[str]]:
+    """The headline rows of every study with one column per lens: ``[study, task, measure, *values]``,
+    each value followed by that lens's N where the measure has one.
+
+    Example:
+        >>> _split_n("Top 1-10 share, early (layers 1-4; N=1,024)")
+        ('Top 1-10 share, early (layers 1-4)', '1,024')
+    """
+    table: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for s in plan:
+        if s.name not in results or s.lens is None or not s.spec.key_rows:
+            continue
+        rows = s.spec.headlines(results[s.name])
+        for i in s.spec.key_rows:
+            if i < len(rows):
+                label, n = _split_n(rows[i][0])
+                entry = table.setdefault((s.spec.title, s.variant or "", i), {"measure": label})
+                entry[s.lens] = f"{rows[i][1]} (N={n})" if n else rows[i][1]
+    return [[study, task, e["measure"], *(e.get(lens, "not run") for lens in lenses)]
+            for (study, task, _), e in table.items()]
+
+
 def _timing_rows(plan: list[Any], records: dict[str, dict[str, Any]]) -> tuple[list[list[Any]], dict[str, float]]:
     rows, tot = [], {"wall_s": 0.0, "forward_s": 0.0, "readout_s": 0.0, "analysis_s": 0.0,
                      "forward_tokens": 0, "readout_rows": 0}
@@ -209,6 +245,13 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
     if summary_rows:
         blocks.append(("h2", "Headline numbers"))
         blocks.append(("table", (["study", "task", "lens", "measure", "value"], summary_rows)))
+    if len(config.lenses) > 1:
+        side = by_lens_rows(plan, results, tuple(config.lenses))
+        if side:
+            blocks.append(("h2", "Headline numbers, lens by lens"))
+            blocks.append(("p", "The same forward passes decoded by each lens (N per lens where it differs: "
+                           "counts that depend on the lens's own reading, such as its early guesses)."))
+            blocks.append(("table", (["study", "task", "measure", *(f"{x} lens" for x in config.lenses)], side)))
     for spec in dict.fromkeys(s.spec for s in plan):
         stages = [s for s in plan if s.spec is spec]
         blocks.append(("h2", spec.title))

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -39,6 +39,7 @@ from glt.core._paths import folder_target
 from glt.pipeline._context import StudyContext, default_lens_name, lens_folder_kind
 from glt.pipeline._plan import plan_stages
 from glt.pipeline._report import write_report
+from glt.pipeline._stages import Stage
 from glt.pipeline._timing import timing
 
 __all__ = [
@@ -60,12 +61,20 @@ class StudyConfig:
 
     Attributes:
         model: model name or path (`glt.load_model`).
-        lenses: ``("tuned",)``, ``("least_squares",)``, ``("logit",)`` or ``("tuned", "logit")``.
-        lens_path: tuned-lens folder (None: the shipped lens of the model).
+        lenses: the lenses every study is read with, from ``"tuned"``, ``"least_squares"``,
+            ``"logit"`` and ``"jacobian"`` (e.g. ``("tuned", "logit", "jacobian")``); each study's
+            forward passes run once and every lens decodes them.
+        lens_path: tuned-lens folder (None: the shipped lens of the model), or a Jacobian lens
+            folder for ``"jacobian"``.
+        lens_folders: further lens folders, each read as the lens it holds (``"tuned"`` or
+            ``"jacobian"``, `glt.pipeline._context.lens_folder_kind`), e.g. a Jacobian lens
+            beside the shipped tuned lens.
         quick: whether the sizes are the quick preset (informational).
         seed: data-sampling seed.
         batch_size: texts per forward pass.
         gtr_texts, gtr_max_tokens: guess-then-refine passages and tokens read per passage.
+        sublayer_positions: positions of those passages read inside every block (attention vs
+            MLP, `glt.sublayer_split`; None: all).
         pos_items: part-of-speech items (prefix, tag, next word) to read.
         fact_items: fact prompts (None: every shipped prompt).
         mc_tasks, mc_items, mc_shots: multiple-choice tasks, items per task and shots.
@@ -80,11 +89,13 @@ class StudyConfig:
     model: str = "default"
     lenses: tuple[str, ...] = ("logit",)
     lens_path: str | None = None
+    lens_folders: tuple[str, ...] = ()
     quick: bool = False
     seed: int = 0
     batch_size: int = 8
     gtr_texts: int = 400
     gtr_max_tokens: int = 64
+    sublayer_positions: int | None = 4096
     pos_items: int = 600
     fact_items: int | None = None
     mc_tasks: tuple[str, ...] = ("mmlu", "sst2")
@@ -108,6 +119,11 @@ class StudyConfig:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default, as JSON values (what a manifest written before a field existed means)."""
+        return json.loads(json.dumps(dataclasses.asdict(cls())))
+
 
 #: Sizes of ``glt study --quick`` (about 10 minutes on 2 CPU cores with the default model).
 QUICK: dict[str, Any] = {
@@ -118,11 +134,41 @@ QUICK: dict[str, Any] = {
 FULL: dict[str, Any] = {"quick": False}
 
 
+_LENS_NAMES = ("tuned", "least_squares", "logit", "jacobian", "both")
+
+
+def _parse_lenses(lens: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(lens names, lens folders)`` from ``--lens`` items (names, ``both``, or lens folders)."""
+    items = lens.split(",") if isinstance(lens, str) else list(lens)
+    names: list[str] = []
+    folders: list[str] = []
+    for raw in items:
+        item = str(raw).strip()
+        if item == "both":
+            names += ["tuned", "logit"]
+        elif item in _LENS_NAMES:
+            names.append(item)
+        elif item and Path(item).expanduser().is_dir():
+            names.append(lens_folder_kind(item))
+            folders.append(item)
+        else:
+            raise GltError(f"--lens item {item!r} is neither a lens name ({', '.join(_LENS_NAMES)}) nor a lens "
+                           "folder: pass e.g. --lens logit,tuned,jacobian (comma-separated) or a folder "
+                           "written by TunedLens.save / JacobianLens.save")
+    if not names:
+        raise GltError("--lens is empty: pass one or more of " + ", ".join(_LENS_NAMES))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GltError(f"--lens names the lens {twice} more than once (a folder counts as the lens it holds): "
+                       "each lens can be read once per study; drop the repeat")
+    return names, folders
+
+
 @checked  # the CLI's values too: a wrong --lens is a GltError listing the lenses
 def study_config(
     *,
     model: str = "default",
-    lens: Literal["tuned", "least_squares", "logit", "both"] | None = None,
+    lens: str | Sequence[str] | None = None,
     quick: bool = False,
     config_file: str | None = None,
     lens_path: str | None = None,
@@ -131,18 +177,32 @@ def study_config(
 
     ``lens`` None picks the shipped tuned lens where one ships for ``model`` (or the one at
     ``lens_path``), else ``"least_squares"``: a lens fitted on the spot on the offline Wikipedia
-    sample and cached (`glt.lenses.fit._cached`). ``"both"`` is the tuned and the logit lens. A
+    sample and cached (`glt.lenses.fit._cached`). Otherwise ``lens`` lists lenses, comma-separated
+    or as a sequence: ``"tuned"``, ``"least_squares"``, ``"logit"``, ``"jacobian"`` (needs a
+    Jacobian lens folder), ``"both"`` (tuned and logit) or a lens folder (read as the lens it
+    holds); every study runs its forward passes once and decodes them with each lens. A
     ``lens_path`` holding a Jacobian lens (`glt.JacobianLens`) runs as the lens ``"jacobian"``.
     """
     if lens is None:
         lens = "tuned" if lens_path else default_lens_name(model)
-    if lens_path is not None and lens in ("least_squares", "logit"):
+    names, folders = _parse_lenses(lens)
+    if lens_path is not None and not {"tuned", "jacobian"} & set(names):
         raise GltError(f"--lens-path is the tuned lens's folder, but --lens is {lens!r}: pass --lens "
                        "tuned (or both) with it, or drop --lens-path")
-    lenses = ("tuned", "logit") if lens == "both" else (lens,)
-    if lens_path is not None and lens_folder_kind(lens_path) == "jacobian":
-        lenses = tuple("jacobian" if x == "tuned" else x for x in lenses)
-    if "tuned" in lenses and lens_path is None:
+    if lens_path is not None and lens_folder_kind(lens_path) == "jacobian" and "jacobian" not in names:
+        names = ["jacobian" if x == "tuned" else x for x in names]
+    lenses = tuple(names)
+    folder_kinds = {lens_folder_kind(f) for f in folders}
+    if lens_path is not None and lens_folder_kind(lens_path) in folder_kinds:
+        raise GltError(f"--lens-path {lens_path} and a --lens folder both hold a {lens_folder_kind(lens_path)} lens: "
+                       "pass that lens once")
+    if "jacobian" in lenses and "jacobian" not in folder_kinds and (
+            lens_path is None or lens_folder_kind(lens_path) != "jacobian"):
+        raise GltError("--lens jacobian needs a Jacobian lens folder: no Jacobian lens ships with glt; pass "
+                       "the folder in --lens (e.g. --lens logit,tuned,FOLDER) or as --lens-path, after fitting "
+                       "one with glt.fit_jacobian_lens(model, texts).save(FOLDER) or benchmarks/fit_jacobian_lens.py")
+    tuned_path = lens_path if lens_path is not None and lens_folder_kind(lens_path) == "tuned" else None
+    if "tuned" in lenses and tuned_path is None and "tuned" not in folder_kinds:
         if model != "default":
             raise GltError(
                 f"--lens {lens}: glt ships a tuned lens for the default model only, not for "
@@ -155,7 +215,7 @@ def study_config(
                 "(glt/assets/lenses/default is missing): pass --lens least_squares, --lens logit, "
                 "or --lens-path FOLDER"
             )
-    kw: dict[str, Any] = {"model": model, "lenses": lenses, "lens_path": lens_path}
+    kw: dict[str, Any] = {"model": model, "lenses": lenses, "lens_path": lens_path, "lens_folders": tuple(folders)}
     kw.update(QUICK if quick else FULL)
     if config_file is not None:
         extra = read_json(config_file, "study config")
@@ -171,8 +231,9 @@ def _check_out(out: Path, config: StudyConfig, resume: bool, force: bool) -> Non
         raise GltError("pass either --resume (keep finished stages) or --force (recompute all), not both")
     if manifest.is_file():
         old = read_tagged(manifest, _MANIFEST_FORMAT) if resume else {}
-        if resume and old.get("config") != json.loads(json.dumps(config.to_dict())):
-            saved = old.get("config") if isinstance(old.get("config"), dict) else {}
+        saved = old.get("config") if isinstance(old.get("config"), dict) else {}
+        saved = {**StudyConfig.defaults(), **saved}  # a manifest from before a field existed
+        if resume and saved != json.loads(json.dumps(config.to_dict())):
             diff = sorted(k for k, v in config.to_dict().items() if json.loads(json.dumps(v)) != saved.get(k))
             raise GltError(
                 f"--resume: {out} holds a study with different settings ({', '.join(diff)}): "
@@ -226,38 +287,61 @@ def run_study(
     records: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
     t_start = time.perf_counter()
-    for stage in tqdm(plan, desc="glt study", disable=not progress, unit="stage"):
+    pending: list[Stage] = []
+    for stage in plan:
         path = out / "data" / f"{stage.name}.json"
         if path.is_file() and resume:
             try:
-                results[stage.name] = stage.spec.load(path)
+                results[stage.name] = ctx.results[stage.name] = stage.spec.load(path)
                 old = out / "timings" / f"{stage.name}.json"
                 rec = read_json(old, "stage timing") if old.is_file() else timing(stage.name, "computed", float("nan"))
                 records[stage.name] = {**rec, "status": "resumed"}
-                ctx.results[stage.name] = results[stage.name]
                 continue
             except GltError as e:
                 tqdm.write(f"glt study: {path} is unreadable ({e}); recomputing {stage.name}")
-        setup_s = ctx.prepare(stage)
-        meter = Meter()
-        t0 = time.perf_counter()
-        try:
-            with meter.installed():
-                result = stage.spec.run(ctx, stage)
-        except GltError as e:
-            records[stage.name] = timing(stage.name, "failed", time.perf_counter() - t0, meter,
-                                         error=str(e), setup_s=setup_s)
-            tqdm.write(f"glt study: stage {stage.name} failed: {e}")
-            continue
-        wall = time.perf_counter() - t0
-        rec = timing(stage.name, "computed", wall, meter, setup_s=setup_s)
-        for suffix, df in stage.spec.tables(result).items():
-            atomic_write_text(out / "data" / f"{stage.name}{suffix}.csv", df.to_csv(index=False))
-        write_json(out / "timings" / f"{stage.name}.json", rec)
-        stage.spec.save(result, path)
-        records[stage.name] = rec
-        results[stage.name] = ctx.results[stage.name] = result
+        pending.append(stage)
+    groups: dict[tuple[str, str | None], list[Stage]] = {}
+    for stage in pending:  # the lenses of one study and variant share its forward passes
+        groups.setdefault((stage.spec.key, stage.variant), []).append(stage)
+    with tqdm(total=len(pending), desc="glt study", disable=not progress, unit="stage") as bar:
+        for group in groups.values():
+            _run_group(ctx, group, out, records, results)
+            bar.update(len(group))
     compute_s = time.perf_counter() - t_start
     write_report(out, config=config, plan=plan, results=results, records=records, ctx=ctx,
                  compute_s=compute_s, progress=progress)
     return out
+
+
+def _run_group(ctx: StudyContext, group: list[Stage], out: Path, records: dict[str, dict[str, Any]],
+               results: dict[str, Any]) -> None:
+    """Run stages that differ only by lens in one go, then write each stage's tables, timing and
+    result. Their wall time, forward passes and read-outs are measured together and split evenly
+    between them (``shared_with`` in the timing record names the others)."""
+    setup_s = sum(ctx.prepare(stage) for stage in group)
+    meter = Meter()
+    t0 = time.perf_counter()
+    names = [s.name for s in group]
+    n = len(group)
+    extra = lambda s: {"shared_with": [x for x in names if x != s.name]} if n > 1 else {}  # noqa: E731
+    try:
+        with meter.installed():
+            produced = group[0].spec.run(ctx, group)
+    except GltError as e:
+        wall = time.perf_counter() - t0
+        for stage in group:
+            records[stage.name] = timing(stage.name, "failed", wall / n, meter.scaled(1 / n), error=str(e),
+                                         setup_s=setup_s / n, **extra(stage))
+        tqdm.write(f"glt study: stage{'s' if n > 1 else ''} {', '.join(names)} failed: {e}")
+        return
+    wall = time.perf_counter() - t0
+    share = meter.scaled(1 / n)
+    for stage in group:
+        result = produced[stage.name]
+        rec = timing(stage.name, "computed", wall / n, share, setup_s=setup_s / n, **extra(stage))
+        for suffix, df in stage.spec.tables(result).items():
+            atomic_write_text(out / "data" / f"{stage.name}{suffix}.csv", df.to_csv(index=False))
+        write_json(out / "timings" / f"{stage.name}.json", rec)
+        stage.spec.save(result, out / "data" / f"{stage.name}.json")
+        records[stage.name] = rec
+        results[stage.name] = ctx.results[stage.name] = result

@@ -6,6 +6,7 @@ so a stage gives the same result whenever it runs.
 
 import dataclasses
 import random
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,7 +16,7 @@ from glt.core._codec import Format, Saved
 from glt.core._models import model_name
 from glt.decoding._readout import Readout, readout
 from glt.pipeline._context import StudyContext
-from glt.pipeline._stages import Stage, StudySpec, fmt, pct
+from glt.pipeline._stages import Stage, StudySpec, by_stage, fmt, pct
 from glt.plotting._curves import plot_side_by_side, plot_token_heatmap
 from glt.plotting._explorer import Explorer
 from glt.plotting._style import glt_style, new_figure
@@ -52,13 +53,17 @@ class TextReadout(Saved):
         return self.strings.get(int(i), str(int(i)))
 
 
-def _run_heatmap(ctx: StudyContext, stage: Stage) -> TextReadout:
+def _run_heatmap(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, TextReadout]:
     model = ctx.model
-    r = readout(capture_residuals(model, [ctx.config.heatmap_text]), ctx.lens(stage.lens), top_k=3)
-    ids = set(r.topk_ids.flatten().tolist()) | set(r.input_ids.tolist())
-    tok = model.tokenizer
-    strings = {i: tok.decode([i]) if tok is not None else str(i) for i in sorted(ids)}
-    return TextReadout(r, strings, ctx.config.heatmap_text, model_name(model))
+    stack = capture_residuals(model, [ctx.config.heatmap_text])  # one forward pass for every lens
+    out = {}
+    for stage in stages:
+        r = readout(stack, ctx.lens(stage.lens), top_k=3)
+        ids = set(r.topk_ids.flatten().tolist()) | set(r.input_ids.tolist())
+        tok = model.tokenizer
+        strings = {i: tok.decode([i]) if tok is not None else str(i) for i in sorted(ids)}
+        out[stage.name] = TextReadout(r, strings, ctx.config.heatmap_text, model_name(model))
+    return out
 
 
 def _heat_figs(results: dict[Stage, Any]) -> dict[str, Any]:
@@ -86,9 +91,11 @@ def _heat_head(res: TextReadout) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- part of speech
-def _run_pos(ctx: StudyContext, stage: Stage) -> Any:
-    return run_pos_study(ctx.model, ctx.lens(stage.lens), max_items=ctx.config.pos_items,
-                         batch_size=ctx.config.batch_size, progress=ctx.progress)
+def _run_pos(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, Any]:
+    lenses = [ctx.lens(s.lens) for s in stages]
+    res = run_pos_study(ctx.model, lenses, max_items=ctx.config.pos_items,
+                        batch_size=ctx.config.batch_size, progress=ctx.progress)
+    return by_stage(stages, lenses, res)
 
 
 def _pos_subset(res: Any) -> str:
@@ -113,9 +120,10 @@ def _pos_figs(results: dict[Stage, Any]) -> dict[str, Any]:
             out[f"pos_groups_{s.lens}"] = plot_pos_onsets(
                 res, labels=groups, title=f"Function vs content words ({subset} items, {res.lens} lens)")
         out[f"pos_ranks_{s.lens}"] = plot_pos_ranks(res)
-    if len(results) == 2:
-        (_, a), (_, b) = sorted(results.items(), key=lambda kv: kv[0].lens != "logit")
-        out["pos_onsets_logit_vs_tuned"] = plot_side_by_side(a, b, plot=plot_pos_onsets, kind="first")
+    if len(results) >= 2:
+        ordered = [res for _, res in sorted(results.items(), key=lambda kv: kv[0].lens != "logit")]
+        name = "pos_onsets_" + "_vs_".join(res.lens for res in ordered)
+        out[name] = plot_side_by_side(*ordered, plot=plot_pos_onsets, kind="first")
     return out
 
 
@@ -136,12 +144,14 @@ def _pos_head(res: Any) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- multiple choice
-def _run_mc(ctx: StudyContext, stage: Stage) -> Any:
+def _run_mc(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, Any]:
     shots = ctx.config.mc_shots
-    return run_multiple_choice(ctx.model, ctx.lens(stage.lens), task=stage.variant,
-                               n_items=ctx.config.mc_items, shots=min(shots, 5), permute_symbols=True,
-                               seed=ctx.config.seed, batch_size=max(1, ctx.config.batch_size // 2),
-                               progress=ctx.progress)
+    lenses = [ctx.lens(s.lens) for s in stages]
+    res = run_multiple_choice(ctx.model, lenses, task=stages[0].variant,
+                              n_items=ctx.config.mc_items, shots=min(shots, 5), permute_symbols=True,
+                              seed=ctx.config.seed, batch_size=max(1, ctx.config.batch_size // 2),
+                              progress=ctx.progress)
+    return by_stage(stages, lenses, res)
 
 
 def _mc_tables(res: Any) -> dict[str, Any]:
@@ -170,7 +180,7 @@ def _mc_head(res: Any) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- patching
-def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
+def _run_patch(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, Any]:
     cfg = ctx.config
     rng = random.Random(cfg.seed)
     mmlu = list(load_mc_dataset("mmlu").examples)
@@ -179,9 +189,11 @@ def _run_patch(ctx: StudyContext, stage: Stage) -> Any:
     n = cfg.patch_pairs
     targets = [format_mc_prompt(e, mmlu_shots(e.subject, min(cfg.patch_shots, 5))).text for e in mmlu[:n]]
     sources = [format_mc_prompt(e, sst_shots, task="sst2").text for e in sst_rest[:n]]
-    return patch_layers(ctx.model, targets, sources, target_options=[" A", " B", " C", " D"],
-                        source_options=[" negative", " positive"], lens=ctx.lens(stage.lens),
-                        batch_size=cfg.batch_size, progress=ctx.progress)
+    lenses = [ctx.lens(s.lens) for s in stages]
+    res = patch_layers(ctx.model, targets, sources, target_options=[" A", " B", " C", " D"],
+                       source_options=[" negative", " positive"], lens=lenses,
+                       batch_size=cfg.batch_size, progress=ctx.progress)
+    return by_stage(stages, lenses, res)
 
 
 def _patch_figs(results: dict[Stage, Any]) -> dict[str, Any]:

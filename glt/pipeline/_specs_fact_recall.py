@@ -1,9 +1,10 @@
 """The fact-recall stage of ``glt study``: glt's own fact prompts, teacher-forced."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from glt.pipeline._context import StudyContext
-from glt.pipeline._stages import Stage, StudySpec
+from glt.pipeline._stages import Stage, StudySpec, by_stage
 from glt.plotting._style import glt_style, new_figure
 from glt.studies.fact_recall import FactRecallResult, plot_fact_onsets, plot_fact_ranks
 from glt.studies.fact_recall._data import load_facts
@@ -12,10 +13,11 @@ from glt.studies.fact_recall._run import run_fact_recall
 __all__ = ["fact_recall_spec"]
 
 
-def _run_facts(ctx: StudyContext, stage: Stage) -> Any:
+def _run_facts(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, Any]:
     facts = load_facts("glt", max_items=ctx.config.fact_items)
-    return run_fact_recall(ctx.model, ctx.lens(stage.lens), facts, batch_size=ctx.config.batch_size,
-                           progress=ctx.progress)
+    lenses = [ctx.lens(s.lens) for s in stages]
+    res = run_fact_recall(ctx.model, lenses, facts, batch_size=ctx.config.batch_size, progress=ctx.progress)
+    return by_stage(stages, lenses, res)
 
 
 def _figs(results: dict[Stage, Any]) -> dict[str, Any]:

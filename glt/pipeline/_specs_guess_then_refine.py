@@ -8,6 +8,7 @@ failed), the early-exit stage runs it itself with the same arguments, so the res
 """
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,8 +17,9 @@ from glt.core._capture import tokenize
 from glt.data._frequency import DEFAULT_EDGES, EXCLUDED, bucket_labels
 from glt.data._wikipedia import WIKI_SOURCE
 from glt.decoding._readout import Readout
+from glt.lenses._logit import LogitLens
 from glt.pipeline._context import StudyContext
-from glt.pipeline._stages import Stage, StudySpec, fmt, pct
+from glt.pipeline._stages import Stage, StudySpec, each_stage, fmt, pct
 from glt.plotting._curves import plot_side_by_side
 from glt.studies.early_exit import EarlyExitResult, plot_early_exit
 from glt.studies.early_exit._run import early_exit
@@ -29,22 +31,26 @@ from glt.studies.guess_then_refine._plots import (
     plot_rank_by_bucket,
 )
 from glt.studies.guess_then_refine._run import run_guess_then_refine
+from glt.studies.guess_then_refine._sublayers import SublayerSplit, plot_sublayer_split, sublayer_split
 
-__all__ = ["early_exit_spec", "gtr_readout", "guess_then_refine_spec"]
+__all__ = ["early_exit_spec", "gtr_readout", "guess_then_refine_spec", "sublayer_spec"]
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
     return fmt(x, digits)
 
 
-def _gtr(ctx: StudyContext, lens_name: str) -> Any:
+def _gtr(ctx: StudyContext, lens_names: Sequence[str]) -> dict[str, Any]:
+    """``{lens name: GuessRefineResult}``, every lens decoding the same forward passes."""
     cfg = ctx.config
     ids = [x[: cfg.gtr_max_tokens] for x in _tokens(ctx, cfg.gtr_texts)]
-    return run_guess_then_refine(
-        ctx.model, ctx.lens(lens_name), ids, frequency=ctx.frequency(), max_positions=None,
+    lenses = [ctx.lens(n) for n in lens_names]
+    res = run_guess_then_refine(
+        ctx.model, lenses, ids, frequency=ctx.frequency(), max_positions=None,
         batch_size=cfg.batch_size, seed=cfg.seed, progress=ctx.progress,
         source=f"{WIKI_SOURCE}; {cfg.text_split} split, first {cfg.gtr_max_tokens} tokens of "
         f"{cfg.gtr_texts} paragraphs, every position a prefix")
+    return {n: res[lens.name] for n, lens in zip(lens_names, lenses, strict=True)}
 
 
 def _tokens(ctx: StudyContext, n: int) -> list[list[int]]:
@@ -53,8 +59,9 @@ def _tokens(ctx: StudyContext, n: int) -> list[list[int]]:
         return tokenize(ctx.model, ctx.wiki_texts(n), truncate=True)
 
 
-def _run_gtr(ctx: StudyContext, stage: Stage) -> Any:
-    return _gtr(ctx, stage.lens)
+def _run_gtr(ctx: StudyContext, stages: Sequence[Stage]) -> dict[str, Any]:
+    res = _gtr(ctx, [s.lens for s in stages])
+    return {s.name: res[s.lens] for s in stages}
 
 
 def _gtr_figs(results: dict[Stage, Any]) -> dict[str, Any]:
@@ -64,9 +71,10 @@ def _gtr_figs(results: dict[Stage, Any]) -> dict[str, Any]:
         out[f"flip_rate_{s.lens}"] = plot_flip_rate(res)
         out[f"flip_split_{s.lens}"] = plot_flip_split(res)
         out[f"rank_by_bucket_{s.lens}"] = plot_rank_by_bucket(res)
-    if len(results) == 2:
-        a, b = sorted(results.items(), key=lambda kv: kv[0].lens != "logit")
-        out["bucket_share_logit_vs_tuned"] = plot_side_by_side(a[1], b[1], plot=plot_bucket_share)
+    if len(results) >= 2:  # the bucket share over depth, one panel per lens (logit first)
+        ordered = [res for _, res in sorted(results.items(), key=lambda kv: kv[0].lens != "logit")]
+        name = "bucket_share_" + "_vs_".join(res.lens for res in ordered)
+        out[name] = plot_side_by_side(*ordered, plot=plot_bucket_share)
     return out
 
 
@@ -104,7 +112,7 @@ def gtr_readout(res: Any) -> Any:
 def _run_exit(ctx: StudyContext, stage: Stage) -> Any:
     res = ctx.results.get(f"guess_refine_{stage.lens}")
     if res is None:
-        res = _gtr(ctx, stage.lens)
+        res = _gtr(ctx, [stage.lens])[stage.lens]
     cats = [res.bucket_labels[b] for b in res.bucket[-1].tolist()]
     return early_exit(gtr_readout(res), gold=res.gold, categories=cats, model_name=res.model,
                       data_source=f"{res.data_source}; categories: frequency bucket of the final top-1")
@@ -150,9 +158,48 @@ def guess_then_refine_spec() -> StudySpec:
 def early_exit_spec() -> StudySpec:
     """The early-exit stage (from the guess-then-refine read-out)."""
     return StudySpec(
-        "early_exit", "Early exit", _run_exit, EarlyExitResult.load,
+        "early_exit", "Early exit", each_stage(_run_exit), EarlyExitResult.load,
         lambda r: {"": r.to_dataframe("policies"), "_onsets": r.to_dataframe("onsets")},
         _exit_figs, _exit_head, needs_frequency=True, key_rows=(2, 4),
         description="Computed from the guess-then-refine read-out (no extra forward pass). A token "
         "settles at the first layer from which the lens top-1 equals the final top-1 at every "
         "later layer; compute saved = share of the blocks skipped.")
+
+
+# ---------------------------------------------------------------- inside a block: attention vs MLP
+def _run_sublayers(ctx: StudyContext, stage: Stage) -> Any:
+    cfg = ctx.config
+    ids = [x[: cfg.gtr_max_tokens] for x in _tokens(ctx, cfg.gtr_texts)]
+    return sublayer_split(
+        ctx.model, LogitLens.from_model(ctx.model), ids, frequency=ctx.frequency(),
+        max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=ctx.progress,
+        source=f"{WIKI_SOURCE}; {cfg.text_split} split, the guess-then-refine texts (first "
+        f"{cfg.gtr_max_tokens} tokens of {cfg.gtr_texts} paragraphs), at most {cfg.sublayer_positions} positions")
+
+
+def _sublayer_head(res: Any) -> list[tuple[str, str]]:
+    rows = []
+    n = res.n_layers
+    for what, blocks in (("early blocks", list(res.early_layers)), ("later blocks", list(range(n // 2, n)))):
+        h = res.headline(blocks)
+        span = f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
+        rows.append((f"{what} {span}: early guesses overturned by attention / by the MLP / kept "
+                     f"(N={h['n_guesses']:,})",
+                     f"{pct(h['share_attention'])} / {pct(h['share_mlp'])} / {pct(h['share_kept'])}"))
+        rows.append((f"{what} {span}: top-1 changed by attention / by the MLP, every position "
+                     f"(N={h['n_positions']:,})",
+                     f"{pct(h['all_top1_changed_attention'])} / {pct(h['all_top1_changed_mlp'])}"))
+    rows.append(("positions read", f"{res.n_positions:,}"))
+    return rows
+
+
+def sublayer_spec() -> StudySpec:
+    """The sublayer split (attention vs MLP) of the early guesses, with the logit lens."""
+    return StudySpec(
+        "sublayers", "Inside a block: attention vs MLP", each_stage(_run_sublayers), SublayerSplit.load,
+        lambda r: {"": r.to_dataframe()}, lambda results: {s.name: plot_sublayer_split(res)
+                                                           for s, res in results.items()},
+        _sublayer_head, per_lens=False, needs_frequency=True, key_rows=(0, 2),
+        description="Each block read at its input, after attention (resid_mid) and at its output, with the logit "
+        "lens (the only glt lens with resid_mid translators). A guess = a top-1 in the top frequency bucket that "
+        "differs from the final top-1; its fate: removed by attention, by the MLP, restored by the MLP, or kept.")

@@ -2,7 +2,9 @@
 
 One `StudySpec` per study (`glt.pipeline._plan` lists them); `plan_stages` expands them into `Stage` s (one per study,
 lens and variant, such as ``mc_mmlu_tuned``). Each stage reads only the config and the model, never another
-stage's output, so stages can run, fail or resume in any order with the same results.
+stage's output, so stages can run, fail or resume in any order with the same results. The stages of one
+study and variant that differ only by lens run together (``StudySpec.run`` takes them all): the model's
+forward passes run once and every lens decodes the same residuals, each stage keeping its own result.
 """
 
 import dataclasses
@@ -12,14 +14,15 @@ from typing import Any
 
 from glt.pipeline._context import StudyContext
 
-__all__ = ["Stage", "StudySpec", "fmt", "pct"]
+__all__ = ["Stage", "StudySpec", "by_stage", "each_stage", "fmt", "pct"]
 
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
     """How one study runs inside ``glt study``.
 
-    ``run(ctx, stage)`` returns a result with ``save(path)``; ``load(path)`` reads it back;
+    ``run(ctx, stages)`` runs stages that differ only by lens (one forward pass for all of them)
+    and returns ``{stage name: result}``, each result with ``save(path)``; ``load(path)`` reads it back;
     ``tables(result)`` gives ``{file suffix: DataFrame}``; ``figures(results)`` draws from
     ``{stage: result}``; ``headlines(result)`` gives ``[(label, value)]`` for the report, whose
     rows at indices ``key_rows`` also go into the report's summary at the top. ``interactive(results)``,
@@ -29,7 +32,7 @@ class StudySpec:
 
     key: str
     title: str
-    run: Callable[[StudyContext, "Stage"], Any]
+    run: Callable[[StudyContext, Sequence["Stage"]], dict[str, Any]]
     load: Callable[[Path], Any]
     tables: Callable[[Any], dict[str, Any]]
     figures: Callable[[dict["Stage", Any]], dict[str, Any]]
@@ -56,6 +59,16 @@ class Stage:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+
+def by_stage(stages: Sequence[Stage], lenses: Sequence[Any], results: dict[str, Any]) -> dict[str, Any]:
+    """``{stage name: result}`` from a study's ``{lens.name: result}`` (stage ``i`` read with ``lenses[i]``)."""
+    return {s.name: results[lens.name] for s, lens in zip(stages, lenses, strict=True)}
+
+
+def each_stage(run: Callable[[StudyContext, Stage], Any]) -> Callable[[StudyContext, Sequence[Stage]], dict[str, Any]]:
+    """A ``StudySpec.run`` from a function of one stage (for a study without forward passes to share)."""
+    return lambda ctx, stages: {s.name: run(ctx, s) for s in stages}
 
 
 def fmt(x: Any, digits: int = 2) -> str:

@@ -349,21 +349,23 @@ def plot_token_heatmap(
 def plot_side_by_side(
     left: Any,
     right: Any,
-    *,
+    *more: Any,
     plot: Callable[..., Any] | None = None,
     titles: Sequence[str] | None = None,
     sharey: bool = True,
     figsize: tuple[float, float] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Two results of the same kind (say logit vs tuned lens) in two panels of one figure.
+    """Two results of the same kind (say logit vs tuned lens) in two panels of one figure, or more
+    (one panel each, left to right).
 
     Args:
         left, right: results of the same type (or read-outs, or lists of onset curves).
+        *more: further results of that type (say the Jacobian lens's), one panel each.
         plot: the plot function to apply to each (default: the one registered for the type).
         titles: panel titles (default: each result's lens name).
         sharey: share the y axis so the panels compare directly.
-        figsize: figure size (default 12 x 4.2).
+        figsize: figure size (default 6 x 4.2 per panel).
         **kwargs: passed to ``plot`` for both panels.
 
     Returns:
@@ -374,11 +376,15 @@ def plot_side_by_side(
         >>> # tuned = glt.run_guess_then_refine(model, glt.load_lens("default", model))
         >>> # fig = plot_side_by_side(logit, tuned)  # two bucket-share panels
     """
-    if type(left) is not type(right):
+    results = (left, right, *more)
+    kinds = sorted({type(x).__name__ for x in results})
+    if len(kinds) > 1:
         raise GltError(
-            f"left and right must be results of the same kind, got {type(left).__name__} and "
-            f"{type(right).__name__}: compare like with like"
+            f"left, right (and more) must be results of the same kind, got {' and '.join(kinds)}: "
+            "compare like with like"
         )
+    if titles is not None and len(titles) != len(results):
+        raise GltError(f"titles must give one title per panel ({len(results)}), got {len(titles)}: pass one each")
     if plot is None:
         plot = default_plot(left)
         if plot is None:
@@ -386,9 +392,9 @@ def plot_side_by_side(
                 f"no default plot for {type(left).__name__}: pass plot=<a glt plot_* function>"
             )
     with glt_style():
-        fig = new_figure(figsize or (12.0, 4.2))
-        axes = fig.subplots(1, 2, sharey=sharey)
-        for a, res, i in zip(axes, (left, right), range(2), strict=True):
+        fig = new_figure(figsize or (6.0 * len(results), 4.2))
+        axes = fig.subplots(1, len(results), sharey=sharey)
+        for a, res, i in zip(axes, results, range(len(results)), strict=True):
             plot(res, ax=a, **kwargs)
             name = titles[i] if titles else f"{getattr(res, 'lens', getattr(res, 'lens_name', ''))} lens"
             a.set_title(f"{name}: {a.get_title()}" if not titles else name)

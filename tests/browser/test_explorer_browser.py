@@ -6,11 +6,11 @@ page), hovering a cell shows its top-k, clicking shows the trajectory, typing a 
 trajectory, lenses switch, long texts page, and a ``<script>`` in the text or in token strings
 does not run and shows as text. Screenshots of every step go to ``$GLT_SCREENSHOTS`` (default
 ``/tmp/glt-screenshots``) for a failing run to be inspected. Without Chromium the tier is skipped
-locally and fails in CI (``CI=true``): ``.ci/run`` installs it.
+locally and fails in CI (``CI=true``): ``.ci/run`` installs it (the ``browser`` fixture is in
+``tests/browser/conftest.py``).
 """
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,36 +26,6 @@ pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("GLT_SCREENSHOTS", "/tmp/glt-screenshots"))
 EVIL = "<script>window.__pwned=1</script>"
 TEXT = "the capital of france is paris"
-
-
-def _unavailable(what: str) -> None:
-    msg = f"{what}: apt-get install -y chromium chromium-driver && pip install selenium"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"the browser tier must run in CI but {msg}", pytrace=False)
-    pytest.skip(msg)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _unavailable("selenium is not installed")
-    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    if chrome is None or driver is None:
-        _unavailable("chromium or chromedriver is not on PATH")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                "--disable-extensions", "--no-first-run"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver), options=opts)  # a local driver: no download, no network
-    drv.set_page_load_timeout(60)
-    yield drv
-    drv.quit()
 
 
 def shot(drv, name: str) -> Path:

@@ -441,3 +441,85 @@ def test_default_model_matches_float64_reference(default_model):
     targets = stack.tokens[0, [2, 5, 7]]
     r = glt.readout(stack, lens, targets=targets, positions=positions)
     assert_matches(r, naive(stack, lens, targets=targets, positions=positions, gemm=True), atol=2e-4)
+
+
+# ----------------------------------------------------------------------------- resid_mid
+def _model_softcap(model):
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:
+        return float(cap)
+    return getattr(getattr(getattr(model, "original_model", None), "config", None), "final_logit_softcapping", None)
+
+
+def test_resid_mid_readout_matches_a_naive_full_vocabulary_computation(tiny_model):
+    """Every residual of a resid_mid stack, mid ones included, against ln_final + W_U in float64."""
+    seqs = [[1, 5, 6, 7, 8, 9], [1, 9, 10]]
+    stack = glt.capture_residuals(tiny_model, seqs, resid_mid=True)
+    r = glt.readout(stack, glt.LogitLens.from_model(tiny_model), top_k=4, vocab_tile=16, row_chunk=3)
+    assert r.layer_labels == stack.labels and r.layer_labels[1] == "resid_mid 0"
+    b_idx, p_idx = stack.mask.nonzero(as_tuple=True)
+    with torch.no_grad():
+        x = tiny_model.ln_final(stack.resid[:, b_idx, p_idx].float()).double()
+        y = x @ tiny_model.W_U.double()  # pre-cap logits [layer, row, d_vocab]
+        b_U = getattr(tiny_model, "b_U", None)
+        y = y if b_U is None else y + b_U.double()
+        cap = _model_softcap(tiny_model)
+        logp = torch.log_softmax(y if cap is None else torch.tanh(y / cap) * cap, -1)
+        own = torch.cat([tiny_model(torch.tensor([s])).float()[0] for s in seqs])  # the model's own logits
+    torch.testing.assert_close(logp[-1].float(), torch.log_softmax(own, -1), atol=1e-4, rtol=1e-4)
+    final = y[-1].argmax(-1)  # the first (lowest) id among maximal logits
+    assert torch.equal(r.targets[:, 0], final)
+    want_rank = (y > y.gather(-1, final[None, :, None].expand(y.shape[0], -1, 1))).sum(-1)
+    assert torch.equal(r.ranks[..., 0], want_rank)
+    assert torch.equal(r.top1, y.argmax(-1))
+    torch.testing.assert_close(r.target_logprobs[..., 0].double(), logp.gather(-1, final[None, :, None].expand(
+        y.shape[0], -1, 1))[..., 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.topk_logprobs.double(), logp.topk(4, -1).values, atol=1e-5, rtol=1e-5)
+    p = logp.exp()
+    torch.testing.assert_close(r.entropy.double(), -(p * logp).sum(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.kl_to_final.double(), (p[-1:] * (logp[-1:] - logp)).sum(-1), atol=1e-5, rtol=1e-5)
+    plain = glt.readout(glt.capture_residuals(tiny_model, seqs), glt.LogitLens.from_model(tiny_model), top_k=4)
+    for name in ("ranks", "topk_ids", "targets"):  # the block boundaries read as without resid_mid
+        got = getattr(r, name)
+        assert torch.equal(got[[0, 2, 4, 6]] if got.ndim == 3 else got, getattr(plain, name)), name
+
+
+class _OwnLens:
+    """A lens of one's own: the protocol's four members and nothing for resid_mid."""
+
+    name = "own"
+
+    def __init__(self, unembed, n_layers):
+        self.unembed, self.n_layers = unembed, n_layers
+
+    def transform_stack(self, resid):
+        return resid
+
+    def check_compatible(self, n_residuals, d_model):
+        assert n_residuals == self.n_layers + 1
+
+
+def test_lenses_without_resid_mid_translators_raise_glterror(tiny_llama):
+    stack = glt.capture_residuals(tiny_llama, [[1, 5, 6, 7]], resid_mid=True)
+    logit = glt.LogitLens.from_model(tiny_llama)
+    lenses = [glt.TunedLens.from_model(tiny_llama), glt.JacobianLens.from_model(tiny_llama),
+              _OwnLens(logit.unembed, tiny_llama.cfg.n_layers)]
+    plain = glt.capture_residuals(tiny_llama, [[1, 5, 6, 7]])
+    for lens in lenses:
+        with pytest.raises(glt.GltError, match=rf"lens: the '{lens.name}' lens \({type(lens).__name__}\) has no "
+                           r"translator for resid_mid .*glt\.LogitLens\.from_model\(model\).*without resid_mid=True"):
+            glt.readout(stack, lens)
+        glt.readout(plain, lens)  # block-boundary residuals read as before
+    assert logit.reads_resid_mid and not any(getattr(lens, "reads_resid_mid", False) for lens in lenses)
+    with pytest.raises(glt.GltError, match="no translator for resid_mid"):
+        lenses[0].transform_mid(stack.resid[1], 0)
+    # a zero tuned lens is the logit lens at the boundaries; its transform_sites without mids is transform_stack
+    torch.testing.assert_close(lenses[0].transform_sites(plain.resid, plain.sites), plain.resid)
+
+
+def test_sharded_readout_reads_resid_mid_in_one_process(tiny_llama):
+    seqs = [[1, 5, 6, 7], [1, 8], [1, 9, 10]]
+    r = glt.sharded_readout(tiny_llama, seqs, batch_size=2, resid_mid=True)
+    ref = glt.readout(glt.capture_residuals(tiny_llama, seqs, resid_mid=True), glt.LogitLens.from_model(tiny_llama))
+    assert r.layer_labels == ref.layer_labels == glt.core._capture.layer_labels(3, resid_mid=True)
+    assert_same(r, ref, atol=1e-5)

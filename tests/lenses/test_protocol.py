@@ -147,6 +147,7 @@ def _calls(tiny_llama):
         ("run_multiple_choice", lambda x: glt.run_multiple_choice(tiny_llama, x, progress=False)),
         ("patch_layers", lambda x: glt.patch_layers(tiny_llama, "a", "b", target_options=[" a"],
                                                     source_options=[" b"], lens=x)),
+        ("sublayer_split", lambda x: glt.sublayer_split(tiny_llama, x, ["a b"], progress=False)),
     ]
 
 

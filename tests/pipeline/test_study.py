@@ -57,7 +57,12 @@ def test_study_config_presets_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"lens": "kaleidoscope"}, "lens must be"),
+    ({"lens": "kaleidoscope"}, "'kaleidoscope' is neither a lens name"),
+    ({"lens": "logit,logit"}, r"names the lens \['logit'\] more than once"),
+    ({"lens": "both,tuned"}, r"names the lens \['tuned'\] more than once"),
+    ({"lens": ""}, "is neither a lens name"),
+    ({"lens": "logit,jacobian"}, "needs a Jacobian lens folder"),
+    ({"lens": "logit", "lens_path": "."}, "--lens-path is the tuned lens's folder"),
     ({"config_file": "/nonexistent/cfg.json"}, "does not exist"),
 ])
 def test_study_config_errors(kw, match):
@@ -88,7 +93,7 @@ def test_plan_stages_names_and_filter():
     cfg = StudyConfig(lenses=("tuned", "logit"), mc_tasks=("mmlu", "sst2"))
     names = [s.name for s in plan_stages(cfg)]
     assert names[:3] == ["heatmap_tuned", "heatmap_logit", "guess_refine_tuned"]
-    assert {"mc_mmlu_tuned", "mc_sst2_logit", "early_exit_logit", "patching_tuned"} <= set(names)
+    assert {"mc_mmlu_tuned", "mc_sst2_logit", "early_exit_logit", "patching_tuned", "sublayers"} <= set(names)
     assert len(names) == len(set(names))
     only = [s.name for s in plan_stages(cfg, ["pos", "mc_sst2_logit"])]
     assert only == ["pos_tuned", "pos_logit", "mc_sst2_logit"]

@@ -202,6 +202,14 @@ def test_side_by_side_readouts():
         plot_side_by_side(a, _curves())
     with pytest.raises(glt.GltError):
         plot_side_by_side(object(), object())
+    c = make_readout(lens="jacobian")
+    fig = plot_side_by_side(a, b, c)  # one panel per lens
+    assert [ax.get_title().split(":")[0] for ax in fig.axes[:3]] == ["logit lens", "tuned lens", "jacobian lens"]
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), rank_quantiles(c.ranks[..., 0])[0])
+    with pytest.raises(glt.GltError, match="same kind"):
+        plot_side_by_side(a, b, _curves())
+    with pytest.raises(glt.GltError, match="one title per panel"):
+        plot_side_by_side(a, b, c, titles=["A", "B"])
 
 
 # ------------------------------------------------------------------ study results (tiny model)

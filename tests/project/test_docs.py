@@ -1,6 +1,8 @@
 """The documentation is true of the code: it builds strictly, and everything it names exists.
 
-* ``mkdocs build --strict`` succeeds (API pages from docstrings, tutorials, lens report);
+* ``mkdocs build --strict`` succeeds (API pages from docstrings, tutorials, lens report), after
+  the notebooks (``after_notebooks``), and every tutorial that this run executed is rendered with
+  that run's outputs (``build/tutorials``, see the root ``conftest.py``), the others with a note;
 * every Python code block in ``docs/**/*.md`` and the README compiles, every ``glt.<name>`` it
   (or any inline code span) mentions exists, and every keyword argument passed to a glt callable
   is a parameter of it;
@@ -14,18 +16,16 @@
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import json
-import os
 import pkgutil
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 import glt
-from tests.helpers import run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
@@ -116,15 +116,10 @@ def _python_problems(source: str, where: str, public_only: bool) -> list[str]:
     return problems
 
 
-def test_mkdocs_build_strict(tmp_path):
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = run_bounded(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        what="the strict mkdocs build", timeout=1800, cwd=ROOT, env=env,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    site = tmp_path / "site"
+@pytest.mark.after_notebooks
+def test_mkdocs_build_strict(docs_site):
+    assert docs_site.returncode == 0, docs_site.log[-6000:]
+    site = docs_site.path
     for page in ("index.html", "tutorials/02_guess_then_refine/index.html", "lens/report/index.html",
                  "api/early_exit/index.html", "benchmarks/index.html", "cli/index.html",
                  "architecture/index.html", "img/architecture.svg"):
@@ -133,6 +128,57 @@ def test_mkdocs_build_strict(tmp_path):
     api = "".join(p.read_text("utf-8") for p in sorted((site / "api").glob("*/index.html")))
     undocumented = [n for n in glt.__all__ if not re.search(rf'id="glt\.[\w.]*\.{re.escape(n)}"', api)]
     assert not undocumented, f"public names on no API page (docs/api/*.md): {undocumented}"
+
+
+@pytest.mark.after_notebooks
+def test_tutorial_pages_show_the_outputs_of_this_run(docs_site):
+    """A notebook this run executed is rendered with its outputs (never executed a second time);
+    any other tutorial page shows its code under a note saying the outputs are missing and why."""
+    assert docs_site.returncode == 0, "the docs build failed: see test_mkdocs_build_strict"
+    log = docs_site.log
+    for nb in NOTEBOOKS:
+        page = (docs_site.path / "tutorials" / nb.stem / "index.html").read_text("utf-8")
+        outputs = page.count("jp-OutputArea-output")
+        if "glt-no-outputs" in page:
+            assert nb.name not in docs_site.executed, f"{nb.name} ran in this session but its page has no outputs"
+            assert outputs == 0 and f"tutorials/{nb.name}: rendered without outputs" in log
+            continue
+        assert f"tutorials/{nb.name}: rendered with its outputs from build/tutorials/{nb.name}" in log
+        assert outputs > 0, f"{nb.name}: rendered from its executed copy but the page shows no output"
+        assert "jp-RenderedText" in page and 'data-mime-type="text/plain"' in page
+        if nb.name == "01_quickstart.ipynb":  # the live explorer: its data and inline script survive rendering
+            assert page.count('class="glt-x"') == 1 and 'class="glt-x-data"' in page
+            assert "data-glt-ready" in page and 'src="data:image/png;base64,' in page
+    if docs_site.executed:
+        print(f"rendered with this run's outputs: {sorted(docs_site.executed)}")
+    else:
+        print("no notebook ran in this session: pages render build/tutorials copies where current, code only elsewhere")
+
+
+def test_tutorial_renders_its_executed_copy_only_when_the_cells_match(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("glt_docs_hooks", ROOT / "docs" / "_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setattr(hooks, "ROOT", tmp_path)
+    monkeypatch.setattr(hooks, "EXECUTED", tmp_path / "build" / "tutorials")
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# T\n", "text"]},
+             {"cell_type": "code", "metadata": {}, "source": "print(1)", "outputs": [], "execution_count": None}]
+    source = tmp_path / "notebooks" / "01_t.ipynb"
+    source.parent.mkdir()
+    source.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert hooks._executed_copy(source) == (None, "no executed copy in build/tutorials/01_t.ipynb")
+    ran = [cells[0] | {"source": "# T\ntext"}, cells[1] | {"outputs": [{"output_type": "stream", "name": "stdout",
+                                                                       "text": ["1\n"]}], "execution_count": 1}]
+    copy = tmp_path / "build" / "tutorials" / "01_t.ipynb"
+    copy.parent.mkdir(parents=True)
+    copy.write_text(json.dumps({"cells": ran, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert hooks._executed_copy(source) == (copy, "")  # the same cells, sources split into lines or not
+    ran[1]["source"] = "print(2)"
+    copy.write_text(json.dumps({"cells": ran, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert hooks._executed_copy(source) == (None, "build/tutorials/01_t.ipynb was executed from other cells: the "
+                                            "notebook changed since")
+    copy.write_text("{not json")
+    assert "is not a readable notebook" in hooks._executed_copy(source)[1]
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from glt.core._capture import iter_residuals, layer_labels, model_tokenizer
 from glt.core._check import checked
@@ -43,7 +44,7 @@ from glt.core._errors import GltError
 from glt.core._models import model_name
 from glt.decoding._onsets import K_GRID
 from glt.decoding._readout import readout
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, lens_set
 from glt.studies.fact_recall._data import Fact, load_glt_facts
 from glt.studies.fact_recall._result import FactRecallResult
 
@@ -176,13 +177,12 @@ def _resolve(
 
 
 def _collect(
-    model: Any, lens: Lens, items: Sequence[_Item], batch_size: int, progress: bool,
+    model: Any, lenses: dict[str, Lens], items: Sequence[_Item], batch_size: int, progress: bool,
     accept_unspaced: bool,
-) -> dict[str, Tensor]:
-    """One forward pass per batch; read every answer-predicting position; resolve tracking."""
-    from tqdm.auto import tqdm
-
-    parts: dict[str, list[Tensor]] = {}
+) -> dict[str, dict[str, Tensor]]:
+    """One forward pass per batch; read every answer-predicting position with each lens; resolve
+    tracking. Returns ``{lens name: {field: tensor}}``."""
+    parts: dict[str, dict[str, list[Tensor]]] = {name: {} for name in lenses}
     bar = tqdm(total=len(items), unit="fact", desc="fact recall", disable=not progress)
     stacks = iter_residuals(model, [list(it.ids) for it in items], batch_size=batch_size)
     for b0, stack in zip(range(0, len(items), batch_size), stacks, strict=False):
@@ -198,22 +198,23 @@ def _collect(
                 fact.append(b0 + bi)
                 pos.append(j)
         targets = torch.tensor([gold, alt], dtype=torch.long).T
-        r = readout(stack, lens, targets=targets.to(stack.mask.device), top_k=1, positions=where)
-        resolved = _resolve(targets, r.top1.cpu(), r.ranks.cpu(), r.target_logprobs.cpu())
-        resolved.update(row_fact=torch.tensor(fact, dtype=torch.long),
-                        row_position=torch.tensor(pos, dtype=torch.long),
-                        top1=r.top1.cpu(), max_prob=r.max_prob.cpu())
-        for key, val in resolved.items():
-            parts.setdefault(key, []).append(val)
+        for name, lens in lenses.items():  # the same residuals, decoded by every lens
+            r = readout(stack, lens, targets=targets.to(stack.mask.device), top_k=1, positions=where)
+            resolved = _resolve(targets, r.top1.cpu(), r.ranks.cpu(), r.target_logprobs.cpu())
+            resolved.update(row_fact=torch.tensor(fact, dtype=torch.long),
+                            row_position=torch.tensor(pos, dtype=torch.long),
+                            top1=r.top1.cpu(), max_prob=r.max_prob.cpu())
+            for key, val in resolved.items():
+                parts[name].setdefault(key, []).append(val)
         bar.update(len(batch))
     bar.close()
-    return {k: torch.cat(v, -1) for k, v in parts.items()}
+    return {name: {k: torch.cat(v, -1) for k, v in part.items()} for name, part in parts.items()}
 
 
 @checked
 def run_fact_recall(
     model: Any,
-    lens: Lens,
+    lens: Lens | Sequence[Lens],
     facts: Sequence[Any] | None = None,
     *,
     ks: Sequence[int] = K_GRID,
@@ -221,12 +222,14 @@ def run_fact_recall(
     accept_unspaced: bool = True,
     batch_size: int = 8,
     progress: bool = True,
-) -> FactRecallResult:
+) -> FactRecallResult | dict[str, FactRecallResult]:
     """Teacher-forced multi-token fact recall: answer-token onsets per (length, position).
 
     Args:
         model: a TransformerLens model with a tokenizer.
-        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`), or a list of lenses
+            with distinct names: each batch is then run once and decoded by every lens, and the
+            result is ``{lens.name: FactRecallResult}`` (each equal to that lens's result alone).
         facts: `glt.Fact` items, ``(prompt, answer)`` pairs or dicts; None = glt's own facts
             (`glt.load_facts("glt")`).
         ks: the thresholds of the onset curves (default the paper's log grid 1..10^4).
@@ -253,7 +256,9 @@ def run_fact_recall(
     if tok is None:
         raise GltError("model has no tokenizer: load it with glt.load_model or attach one")
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
-    lens.check_compatible(n_layers + 1, d_model)
+    lenses, single = lens_set(lens)
+    for one in lenses.values():
+        one.check_compatible(n_layers + 1, d_model)
     items, skipped = _prepare(tok, facts, int(model.cfg.n_ctx), max_answer_tokens)
     if not items:
         counts = dict(Counter(r for _, r in skipped))
@@ -262,13 +267,13 @@ def run_fact_recall(
             f"whose answers have 1..max_answer_tokens={max_answer_tokens} tokens and fit the "
             "context"
         )
-    rows = _collect(model, lens, items, batch_size, progress, accept_unspaced)
-    return FactRecallResult(
-        model=model_name(model), lens=lens.name,
+    results = {name: FactRecallResult(
+        model=model_name(model), lens=name,
         sources=tuple(dict.fromkeys(it.fact.source for it in items)), ks=ks,
         layer_labels=layer_labels(n_layers), max_answer_tokens=max_answer_tokens,
         accept_unspaced=bool(accept_unspaced), n_input=len(facts),
         facts=tuple(it.fact for it in items), fact_index=tuple(it.index for it in items),
         skipped=tuple(skipped), answer_tokens=tuple(tuple(it.ids[it.start:]) for it in items),
         **rows,
-    )
+    ) for name, rows in _collect(model, lenses, items, batch_size, progress, accept_unspaced).items()}
+    return results[next(iter(lenses))] if single else results

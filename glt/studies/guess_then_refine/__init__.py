@@ -6,7 +6,10 @@ each layer's top-1 token in its frequency bucket (`glt.TokenFrequency`). `GuessR
 (how often a layer's top-1 differs from the final one) and their split against the gold next
 token (whether the layer, and whether the final layer, had it right); `_plots` draws shares, flip
 rates, the split and rank by bucket. The paper's headline: early layers guess frequent tokens,
-later layers refine them.
+later layers refine them. `sublayer_split` (`_sublayers`) looks inside each block: it reads the
+residual between attention and MLP (``resid_mid``, logit lens) and reports, per block with its N,
+whether a guess was overturned by the attention or by the MLP (`SublayerSplit`,
+`plot_sublayer_split`).
 """
 
 from glt.studies.guess_then_refine._plots import (
@@ -27,6 +30,15 @@ from glt.studies.guess_then_refine._result import (
 from glt.studies.guess_then_refine._run import (
     run_guess_then_refine as run_guess_then_refine,
 )
+from glt.studies.guess_then_refine._sublayers import (
+    SublayerSplit as SublayerSplit,
+)
+from glt.studies.guess_then_refine._sublayers import (
+    plot_sublayer_split as plot_sublayer_split,
+)
+from glt.studies.guess_then_refine._sublayers import (
+    sublayer_split as sublayer_split,
+)
 
 __all__ = [
     "GuessRefineResult",
@@ -34,5 +46,8 @@ __all__ = [
     "plot_flip_rate",
     "plot_flip_split",
     "plot_rank_by_bucket",
+    "plot_sublayer_split",
     "run_guess_then_refine",
+    "SublayerSplit",
+    "sublayer_split",
 ]

@@ -37,7 +37,7 @@ from glt.core._models import model_name
 from glt.data._frequency import TokenFrequency, load_frequency
 from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 from glt.decoding._readout import readout
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, lens_set
 from glt.studies.guess_then_refine._result import GuessRefineResult
 
 __all__ = ["run_guess_then_refine"]
@@ -123,7 +123,7 @@ def _plan(
 @checked
 def run_guess_then_refine(
     model: Any,
-    lens: Lens,
+    lens: Lens | Sequence[Lens],
     texts: Iterable[Any] | None = None,
     *,
     frequency: TokenFrequency | str | os.PathLike | None = None,
@@ -135,12 +135,15 @@ def run_guess_then_refine(
     early_layers: Sequence[int] | None = None,
     source: str | None = None,
     progress: bool = True,
-) -> GuessRefineResult:
+) -> GuessRefineResult | dict[str, GuessRefineResult]:
     """Decode every prefix of ``texts`` at every layer and bucket each layer's top-1 by frequency.
 
     Args:
         model: a TransformerLens model (its tokenizer turns texts into ids as `glt.tokenize`).
-        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens` or a lens of your own).
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens` or a lens of your own),
+            or a list of lenses with distinct names: each batch's residuals are then captured once
+            and decoded with every lens, and the result is ``{lens.name: GuessRefineResult}``
+            (each equal to the result of that lens alone).
         texts: strings or token id lists; default: the held-out Wikipedia paragraphs.
         frequency: the `glt.TokenFrequency` table that defines the buckets, or a name / folder
             for `glt.load_frequency`; default: the shipped table for the default model (other
@@ -178,7 +181,10 @@ def run_guess_then_refine(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GltError(f"batch_size must be a positive int, got {batch_size!r}")
     n_layers = int(model.cfg.n_layers)
-    lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
+    lenses, single = lens_set(lens)
+    for one in lenses.values():
+        one.check_compatible(n_layers + 1, int(model.cfg.d_model))
+    d_vocab = next(iter(lenses.values())).unembed.d_vocab
     early = (tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None
              else layer_indices(early_layers, name="early_layers", last=n_layers))
     if frequency is None:
@@ -187,10 +193,10 @@ def run_guess_then_refine(
         frequency = load_frequency(frequency)
     if not isinstance(frequency, TokenFrequency):
         raise GltError(f"frequency must be a glt.TokenFrequency, got {type(frequency).__name__}")
-    if frequency.d_vocab != lens.unembed.d_vocab:
+    if any(frequency.d_vocab != one.unembed.d_vocab for one in lenses.values()):
         raise GltError(
             f"frequency table covers {frequency.d_vocab} token ids (tokenizer "
-            f"{frequency.tokenizer!r}) but the model's vocabulary has {lens.unembed.d_vocab}: build "
+            f"{frequency.tokenizer!r}) but the model's vocabulary has {d_vocab}: build "
             "the table with this model's tokenizer: TokenFrequency.from_texts(texts, model)"
         )
     if texts is None:
@@ -203,7 +209,8 @@ def run_guess_then_refine(
     if not plan:
         raise GltError(f"no readable prefix in the {counts['n_texts_seen']} texts ({counts}): pass longer texts")
 
-    parts: dict[str, list[Tensor]] = {k: [] for k in tensor_fields(GuessRefineResult) if k != "bucket"}
+    fields = [k for k in tensor_fields(GuessRefineResult) if k != "bucket"]
+    parts: dict[str, dict[str, list[Tensor]]] = {name: {k: [] for k in fields} for name in lenses}
     stacks = iter_residuals(model, [ids for _, ids, _, _ in plan], batch_size=batch_size)
     batches = range(0, len(plan), batch_size)
     for start, stack in tqdm(zip(batches, stacks, strict=True), total=len(batches),
@@ -214,24 +221,34 @@ def run_guess_then_refine(
         for b, (_, _, first, golds) in enumerate(items):
             read[b, first : first + len(golds)] = True
             gold[b, first : first + len(golds)] = torch.tensor(golds, dtype=torch.long)
-        r = readout(stack, lens, positions=read, top_k=1)
-        bi, pi = r.batch_index.cpu(), r.pos_index.cpu()
-        top1 = r.top1.cpu().clone()
-        top1[-1] = r.targets[:, 0].cpu()  # the tracked final top-1 (lowest id among ties)
-        parts["text_index"].append(torch.tensor([it[0] for it in items], dtype=torch.long)[bi])
-        parts["pos_index"].append(pi)
-        parts["gold"].append(gold[bi, pi])
-        parts["top1"].append(top1)
-        parts["rank_final"].append(r.ranks[..., 0].cpu())
-        parts["max_prob"].append(r.max_prob.cpu().float())
-    cat = {k: torch.cat(v, -1) for k, v in parts.items()}
+        for name, one in lenses.items():  # the same residuals, decoded by every lens
+            r = readout(stack, one, positions=read, top_k=1)
+            bi, pi = r.batch_index.cpu(), r.pos_index.cpu()
+            top1 = r.top1.cpu().clone()
+            top1[-1] = r.targets[:, 0].cpu()  # the tracked final top-1 (lowest id among ties)
+            part = parts[name]
+            part["text_index"].append(torch.tensor([it[0] for it in items], dtype=torch.long)[bi])
+            part["pos_index"].append(pi)
+            part["gold"].append(gold[bi, pi])
+            part["top1"].append(top1)
+            part["rank_final"].append(r.ranks[..., 0].cpu())
+            part["max_prob"].append(r.max_prob.cpu().float())
+    results = {name: _result(model, name, {k: torch.cat(v, -1) for k, v in part.items()}, stack.labels,
+                             frequency=frequency, source=source, cuts=cuts, seed=seed, early=early, counts=counts)
+               for name, part in parts.items()}
+    return results[next(iter(lenses))] if single else results
+
+
+def _result(model: Any, lens_name: str, cat: dict[str, Tensor], labels: Sequence[str], *, frequency: TokenFrequency,
+            source: str | None, cuts: str, seed: int, early: tuple[int, ...], counts: dict[str, int]
+            ) -> GuessRefineResult:
     return GuessRefineResult(
         model=model_name(model),
-        lens=lens.name,
+        lens=lens_name,
         data_source=source or "user texts",
         cuts=cuts,
         seed=seed,
-        layer_labels=tuple(stack.labels),
+        layer_labels=tuple(labels),
         bucket_labels=frequency.labels,
         early_layers=early,
         frequency=frequency.provenance(),

@@ -28,13 +28,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from glt.core._capture import capture_residuals, tokenize
 from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._models import model_name
 from glt.decoding._readout import readout
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, lens_set
 from glt.studies.multiple_choice._data import (
     MCExample,
     MCTask,
@@ -97,8 +98,10 @@ def _collect(task: MCTask, items: Any, n_items: int, shots: int, seed: int) -> t
     return entries, skipped, source + (f"; {shots} shots" if shots else "; zero-shot")
 
 
-def _evaluate(model: Any, lens: Lens, prompts: list[MCPrompt], skipped: list, bar: Any, batch_size: int,
-              meta: dict[str, Any]) -> MultipleChoiceResult:
+def _evaluate(model: Any, lenses: dict[str, Lens], prompts: list[MCPrompt], skipped: list, bar: Any,
+              batch_size: int, meta: dict[str, dict[str, Any]]) -> dict[str, MultipleChoiceResult]:
+    """``{lens name: result}``: each batch of prompts is run once and read by every lens;
+    ``meta[name]`` holds that lens's remaining result fields."""
     cache: dict[str, list[int]] = {}
 
     def tok(text: str) -> list[int]:
@@ -127,39 +130,46 @@ def _evaluate(model: Any, lens: Lens, prompts: list[MCPrompt], skipped: list, ba
         raise GltError("items have different numbers of options: run each option count separately")
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][1]))
     n, n_o = len(rows), len(rows[0][2])
-    parts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    parts: dict[str, dict[int, tuple[Tensor, Tensor, Tensor]]] = {name: {} for name in lenses}
     labels: tuple[str, ...] = ()
     for b0 in range(0, n, batch_size):
         idx = order[b0 : b0 + batch_size]
         stack = capture_residuals(model, [rows[i][1] for i in idx], batch_size=len(idx))
         targets = torch.tensor([rows[i][2] + rows[i][3] for i in idx], device=stack.resid.device)
-        r = readout(stack, lens, targets=targets, positions="last", top_k=1)
-        labels = r.layer_labels
-        for j, i in enumerate(idx):
-            parts[i] = (r.ranks[:, j].cpu(), r.target_logprobs[:, j].cpu(), r.top1[-1, j].cpu())
+        for name, lens in lenses.items():
+            r = readout(stack, lens, targets=targets, positions="last", top_k=1)
+            labels = r.layer_labels
+            for j, i in enumerate(idx):
+                parts[name][i] = (r.ranks[:, j].cpu(), r.target_logprobs[:, j].cpu(), r.top1[-1, j].cpu())
         bar.update(1)
-    ranks = torch.stack([parts[i][0] for i in range(n)], 1)
-    logp = torch.stack([parts[i][1] for i in range(n)], 1)
-    return MultipleChoiceResult(
-        layer_labels=tuple(labels), item_ids=tuple(r[0].id for r in rows),
-        symbols=tuple(r[0].symbols for r in rows), multi_token_symbols=tuple(sorted(multi)),
-        option_tokens=torch.tensor([r[2] for r in rows]), content_tokens=torch.tensor([r[3] for r in rows]),
-        gold=torch.tensor([r[0].answer for r in rows]),
-        option_ranks=ranks[..., :n_o].long(), option_logprobs=logp[..., :n_o].float(),
-        content_ranks=ranks[..., n_o:].long(), content_logprobs=logp[..., n_o:].float(),
-        final_top1=torch.stack([parts[i][2] for i in range(n)]).long(), skipped=tuple(skipped), **meta)
+    out = {}
+    for name, part in parts.items():
+        ranks = torch.stack([part[i][0] for i in range(n)], 1)
+        logp = torch.stack([part[i][1] for i in range(n)], 1)
+        out[name] = MultipleChoiceResult(
+            layer_labels=tuple(labels), item_ids=tuple(r[0].id for r in rows),
+            symbols=tuple(r[0].symbols for r in rows), multi_token_symbols=tuple(sorted(multi)),
+            option_tokens=torch.tensor([r[2] for r in rows]), content_tokens=torch.tensor([r[3] for r in rows]),
+            gold=torch.tensor([r[0].answer for r in rows]),
+            option_ranks=ranks[..., :n_o].long(), option_logprobs=logp[..., :n_o].float(),
+            content_ranks=ranks[..., n_o:].long(), content_logprobs=logp[..., n_o:].float(),
+            final_top1=torch.stack([part[i][2] for i in range(n)]).long(), skipped=tuple(skipped), **meta[name])
+    return out
 
 
 @checked
-def run_multiple_choice(model: Any, lens: Lens, items: Any = None, *, task: MCTask = "mmlu",
+def run_multiple_choice(model: Any, lens: Lens | Sequence[Lens], items: Any = None, *, task: MCTask = "mmlu",
                         n_items: int = 100, shots: int = 4, top_k_format: int = 10,
                         permute_symbols: bool | str | Sequence[str] = False, seed: int = 0,
-                        batch_size: int = 4, progress: bool = True) -> MultipleChoiceResult:
+                        batch_size: int = 4, progress: bool = True
+                        ) -> MultipleChoiceResult | dict[str, MultipleChoiceResult]:
     """Read every layer at the answer position of k-shot multiple-choice prompts.
 
     Args:
         model: a TransformerLens model (`glt.load_model`).
-        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`), or a list of lenses
+            with distinct names: each batch is then run once and read by every lens, and the
+            result is ``{lens.name: MultipleChoiceResult}`` (each equal to that lens's alone).
         items: None (sample ``n_items`` questions of ``task`` from the offline data), or a list of
             `MCExample`, `MCPrompt` (used verbatim, no shots added) or dataset rows (a bad row
             raises GltError; bad packaged rows are skipped and counted instead).
@@ -189,6 +199,7 @@ def run_multiple_choice(model: Any, lens: Lens, items: Any = None, *, task: MCTa
     if task == "mmlu" and shots > 5:
         raise GltError(f"shots must be <= 5 for mmlu (5 dev rows per subject), got {shots}")
     control = check_permute_symbols(permute_symbols) is not None
+    lenses, single = lens_set(lens)
     entries, skipped, source = _collect(task, items, n_items, shots, seed)
     main_prompts = [e if isinstance(e, MCPrompt) else format_mc_prompt(*e, task=task) for e in entries]
     ctrl_prompts, mode = [], ""
@@ -197,14 +208,14 @@ def run_multiple_choice(model: Any, lens: Lens, items: Any = None, *, task: MCTa
             raise GltError("permute_symbols needs MCExample or row items (an MCPrompt is already "
                            "rendered): pass examples, or permute_symbols=False")
         ctrl_prompts, mode = control_prompts(task, entries, permute_symbols, seed=seed)
-    from tqdm.auto import tqdm
-
     n_batches = sum(-(-len(p) // batch_size) for p in (main_prompts, ctrl_prompts))
-    meta = {"task": task, "model": model_name(model), "lens": lens.name,
-            "source": source, "n_shots": shots, "top_k_format": top_k_format}
+    meta = {name: {"task": task, "model": model_name(model), "lens": name, "source": source, "n_shots": shots,
+                   "top_k_format": top_k_format} for name in lenses}
     with tqdm(total=n_batches, disable=not progress, desc=f"multiple choice ({task})") as bar:
-        ctrl = (_evaluate(model, lens, ctrl_prompts, list(skipped), bar, batch_size,
-                          {**meta, "symbols_mode": mode})
-                if control else None)
-        return _evaluate(model, lens, main_prompts, list(skipped), bar, batch_size,
-                         {**meta, "symbols_mode": "original", "control": ctrl})
+        ctrl = (_evaluate(model, lenses, ctrl_prompts, list(skipped), bar, batch_size,
+                          {name: {**m, "symbols_mode": mode} for name, m in meta.items()})
+                if control else {})
+        results = _evaluate(model, lenses, main_prompts, list(skipped), bar, batch_size,
+                            {name: {**m, "symbols_mode": "original", "control": ctrl.get(name)}
+                             for name, m in meta.items()})
+    return results[next(iter(lenses))] if single else results

@@ -51,7 +51,7 @@ from glt.decoding._onsets import (
     topk_churn,
 )
 from glt.decoding._readout import readout
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, lens_set
 from glt.studies.part_of_speech._align import (
     CONTENT_TAGS,
     FUNCTION_TAGS,
@@ -226,9 +226,13 @@ def _check_args(ks: Any, batch_size: Any, max_items: Any, min_prefix_chars: Any)
     return ks
 
 
-def _read(model: Any, lens: Lens, seqs: list[list[int]], per_text: list[list[PosItem]],
-          batch_size: int, progress: bool) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...]]:
-    ranks, logps, top1 = [], [], []
+def _read(model: Any, lenses: dict[str, Lens], seqs: list[list[int]], per_text: list[list[PosItem]],
+          batch_size: int, progress: bool) -> dict[str, tuple[Tensor, Tensor, Tensor, tuple[str, ...]]]:
+    """Per lens: ranks and log-probabilities of the gold tokens, final-top-1 hits, layer labels
+    (every batch's residuals captured once and decoded by each lens)."""
+    ranks: dict[str, list[Tensor]] = {n: [] for n in lenses}
+    logps: dict[str, list[Tensor]] = {n: [] for n in lenses}
+    top1: dict[str, list[Tensor]] = {n: [] for n in lenses}
     bar = tqdm(total=sum(map(len, per_text)), disable=not progress, desc="part-of-speech study")
     stacks = iter_residuals(model, seqs, batch_size=batch_size)
     labels: tuple[str, ...] = ()
@@ -240,14 +244,15 @@ def _read(model: Any, lens: Lens, seqs: list[list[int]], per_text: list[list[Pos
                 mask[j, it.token_pos - 1] = True
                 gold.append(it.answer_id)
         targets = torch.tensor(gold, dtype=torch.long, device=mask.device)
-        r = readout(stack, lens, targets=targets, top_k=1, positions=mask)
-        ranks.append(r.ranks[..., 0].cpu())
-        logps.append(r.target_logprobs[..., 0].cpu())
-        top1.append(r.topk_ids[-1, :, 0].cpu() == targets.cpu())
-        labels = r.layer_labels
+        for name, lens in lenses.items():
+            r = readout(stack, lens, targets=targets, top_k=1, positions=mask)
+            ranks[name].append(r.ranks[..., 0].cpu())
+            logps[name].append(r.target_logprobs[..., 0].cpu())
+            top1[name].append(r.topk_ids[-1, :, 0].cpu() == targets.cpu())
+            labels = r.layer_labels
         bar.update(len(gold))
     bar.close()
-    return torch.cat(ranks, 1), torch.cat(logps, 1), torch.cat(top1), labels
+    return {n: (torch.cat(ranks[n], 1), torch.cat(logps[n], 1), torch.cat(top1[n]), labels) for n in lenses}
 
 
 def _aggregate(items: Sequence[PosItem], ranks: Tensor, correct: Tensor, tags: tuple[str, ...],
@@ -291,7 +296,7 @@ def _aggregate(items: Sequence[PosItem], ranks: Tensor, correct: Tensor, tags: t
 @checked
 def run_pos_study(
     model: Any,
-    lens: Lens,
+    lens: Lens | Sequence[Lens],
     texts: Any = None,
     *,
     tags: Any = PAPER_TAGS,
@@ -303,12 +308,14 @@ def run_pos_study(
     max_items: int | None = 1000,
     tagger: Tagger | None = None,
     progress: bool = True,
-) -> PosResult:
+) -> PosResult | dict[str, PosResult]:
     """Onset depth of the gold next word's first token, per part-of-speech tag.
 
     Args:
         model: a TransformerLens model with a fast Hugging Face tokenizer.
-        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`).
+        lens: a `glt.Lens` for ``model`` (`glt.LogitLens`, `glt.TunedLens`), or a list of lenses
+            with distinct names: each batch is then run once and decoded by every lens, and the
+            result is ``{lens.name: PosResult}`` (each equal to that lens's result alone).
         texts: the texts to tag (paragraphs or sentences); default: sentences of 8-40 words from
             the held-out half of the offline Wikipedia sample, read until ``max_items``.
         tags: universal POS tags to study (default: the paper's six); see `UNIVERSAL_TAGS`.
@@ -333,6 +340,7 @@ def run_pos_study(
     """
     tags = check_tags(tags)
     ks = _check_args(ks, batch_size, max_items, min_prefix_chars)
+    lenses, single = lens_set(lens)
     tokenizer = model_tokenizer(model)
     if tokenizer is None:
         raise GltError("model has no tokenizer: the part-of-speech study needs one to align words")
@@ -352,23 +360,25 @@ def run_pos_study(
             why[reason] += n
         raise GltError(f"no usable items in {len(used)} texts for tags {list(tags)} (skipped: "
                        f"{dict(why)}): pass longer texts, other tags or a smaller min_prefix_chars")
-    ranks, logps, correct, labels = _read(model, lens, seqs, per_text, batch_size, progress)
-    if correct_only:
-        for x, c in zip(items, correct.tolist(), strict=True):
-            if not c:
-                skips[(x.tag, SKIP_WRONG)] += 1
-        keep = correct.clone()
-        items = [x for x, c in zip(items, keep.tolist(), strict=True) if c]
-        ranks, logps, correct = ranks[:, keep], logps[:, keep], correct[keep]
-    curves, cands, churn = _aggregate(items, ranks, correct, tags, ks, correct_only, tag_words)
-
-    return PosResult(
-        model=model_name(model), lens=lens.name,
-        data_source=source, construction=construction, tags=tags, ks=ks,
-        layer_labels=labels,
-        correct_only=correct_only, min_prefix_chars=min_prefix_chars, texts=tuple(used),
-        items=tuple(items), ranks=ranks, logprobs=logps, correct=correct, curves=curves,
-        candidates=cands, churn=churn,
-        skipped=tuple((t, r, n) for (t, r), n in sorted(skips.items())),
-    )
+    results = {}
+    for name, (ranks, logps, correct, labels) in _read(model, lenses, seqs, per_text, batch_size, progress).items():
+        kept, skipped = items, Counter(skips)
+        if correct_only:
+            for x, c in zip(items, correct.tolist(), strict=True):
+                if not c:
+                    skipped[(x.tag, SKIP_WRONG)] += 1
+            keep = correct.clone()
+            kept = [x for x, c in zip(items, keep.tolist(), strict=True) if c]
+            ranks, logps, correct = ranks[:, keep], logps[:, keep], correct[keep]
+        curves, cands, churn = _aggregate(kept, ranks, correct, tags, ks, correct_only, tag_words)
+        results[name] = PosResult(
+            model=model_name(model), lens=name,
+            data_source=source, construction=construction, tags=tags, ks=ks,
+            layer_labels=labels,
+            correct_only=correct_only, min_prefix_chars=min_prefix_chars, texts=tuple(used),
+            items=tuple(kept), ranks=ranks, logprobs=logps, correct=correct, curves=curves,
+            candidates=cands, churn=churn,
+            skipped=tuple((t, r, n) for (t, r), n in sorted(skipped.items())),
+        )
+    return results[next(iter(lenses))] if single else results
 

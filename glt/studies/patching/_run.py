@@ -37,7 +37,7 @@ from glt.core._meter import forward_timer
 from glt.core._models import model_name as _model_name
 from glt.decoding._onsets import first_crossing, stable_onset
 from glt.lenses._logit import LogitLens, Unembed
-from glt.lenses._protocol import Lens
+from glt.lenses._protocol import Lens, lens_set
 from glt.studies.patching._result import PatchingResult
 
 __all__ = ["patch_layers"]
@@ -176,11 +176,11 @@ def patch_layers(
     source_options: Sequence[str | int],
     position: Literal["last"] | Sequence[int] = "last",
     layers: Sequence[int] | None = None,
-    lens: Lens | None = None,
+    lens: Lens | Sequence[Lens] | None = None,
     batch_size: int = 8,
     prepend_bos: bool | None = None,
     progress: bool = True,
-) -> PatchingResult:
+) -> PatchingResult | dict[str, PatchingResult]:
     """Patch the source's residual into the target at every layer and see whose options come out.
 
     Args:
@@ -194,7 +194,9 @@ def patch_layers(
             ``(target_pos, source_pos)`` of ints (negative counts from the end); the output is
             always read at the target's last position.
         layers: residual indices to patch (default every one, ``0 .. n_layers``).
-        lens: the `glt.Lens` for the comparison (default `glt.LogitLens`; a tuned lens works too).
+        lens: the `glt.Lens` for the comparison (default `glt.LogitLens`; a tuned lens works too),
+            or a list of lenses with distinct names: the patched runs are then done once and each
+            lens reads the same source residuals; the result is ``{lens.name: PatchingResult}``.
         batch_size: patched layers run together in one forward pass.
         progress: show a progress bar over pairs.
 
@@ -239,14 +241,16 @@ def patch_layers(
     else:
         layer_list = list(layer_indices(layers, name="layers", last=n_layers, increasing=True,
                                         fix=f"0 = embeddings, {n_layers} = final"))
-    lens = LogitLens.from_model(model) if lens is None else lens
-    lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
+    lenses, single = lens_set(LogitLens.from_model(model) if lens is None else lens)
+    for one in lenses.values():
+        one.check_compatible(n_layers + 1, int(model.cfg.d_model))
     unembed = Unembed.from_model(model)
     tok = model.tokenizer
     t_idx = torch.tensor(t_opts)
     s_idx = torch.tensor(s_opts)
 
     out: dict[str, list[Tensor]] = {}
+    per_lens: dict[str, dict[str, list[Tensor]]] = {name: {} for name in lenses}
     top1_tokens = []
     for p in tqdm(range(n_pairs), desc="patching", disable=not progress):
         tgt_ids, src_ids = t_ids_all[p], s_ids_all[p]
@@ -260,32 +264,52 @@ def patch_layers(
         with torch.inference_mode():
             logp = torch.log_softmax(unembed(torch.cat(finals)).float(), -1).cpu()
             clean = torch.log_softmax(unembed(torch.stack([tgt[-1, -1], src[-1, -1]])).float(), -1).cpu()
-            lens_logp = torch.log_softmax(
-                lens.unembed(lens.transform_stack(src[:, s_pos][:, None]))[:, 0].float(), -1
-            ).cpu()
         pt, ps, on_src = _option_stats(logp, t_idx, s_idx)
         ct, cs, c_on = _option_stats(clean, t_idx, s_idx)
-        lt, ls, l_on = _option_stats(lens_logp, t_idx, s_idx)
         top1 = logp.argmax(-1)
-        lens_top1 = lens_logp.argmax(-1)
         top1_tokens.append(tuple(tok.decode([i]) if tok is not None else str(i) for i in top1.tolist()))
         t_first, t_stable = _onsets_of(on_src, layer_list)
-        o_first, o_stable = _onsets_of(l_on, range(n_layers + 1))
         vals = {
             "p_target": pt, "p_source": ps, "lands_on_source": on_src, "top1": top1,
             "clean_target_p": torch.stack([ct[0], cs[0]]), "clean_source_p": torch.stack([ct[1], cs[1]]),
             "clean_target_on_source": c_on[0], "clean_source_on_source": c_on[1],
             "transition_first": t_first, "transition_stable": t_stable,
-            "lens_p_target": lt, "lens_p_source": ls, "lens_on_source": l_on, "lens_top1": lens_top1,
-            "lens_settle": _onsets_of(lens_top1 == lens_top1[-1], range(n_layers + 1))[1],
-            "lens_options_first": o_first, "lens_options_stable": o_stable,
         }
         for k, v in vals.items():
             out.setdefault(k, []).append(v)
+        for name, one in lenses.items():  # every lens reads the same source residuals
+            for k, v in _lens_reading(one, src[:, s_pos], t_idx, s_idx, n_layers).items():
+                per_lens[name].setdefault(k, []).append(v)
     stacked = {k: torch.stack(v) for k, v in out.items()}
+    results = {name: _result(model, name, n_layers, layer_list, position, t_texts, s_texts, t_opts, s_opts,
+                             t_labels, s_labels, top1_tokens,
+                             {**stacked, **{k: torch.stack(v) for k, v in part.items()}})
+               for name, part in per_lens.items()}
+    return results[next(iter(lenses))] if single else results
+
+
+def _lens_reading(lens: Lens, resid: Float[Tensor, "layer d_model"], t_idx: Tensor, s_idx: Tensor,
+                  n_layers: int) -> dict[str, Tensor]:
+    """The lens's view of the source residual at every layer: option probabilities, whether the
+    source options win, its top-1 and the layers where it settles."""
+    with torch.inference_mode():
+        lens_logp = torch.log_softmax(lens.unembed(lens.transform_stack(resid[:, None]))[:, 0].float(), -1).cpu()
+    lt, ls, l_on = _option_stats(lens_logp, t_idx, s_idx)
+    lens_top1 = lens_logp.argmax(-1)
+    o_first, o_stable = _onsets_of(l_on, range(n_layers + 1))
+    return {
+        "lens_p_target": lt, "lens_p_source": ls, "lens_on_source": l_on, "lens_top1": lens_top1,
+        "lens_settle": _onsets_of(lens_top1 == lens_top1[-1], range(n_layers + 1))[1],
+        "lens_options_first": o_first, "lens_options_stable": o_stable,
+    }
+
+
+def _result(model: Any, lens_name: str, n_layers: int, layer_list: list[int], position: Any, t_texts: list[str],
+            s_texts: list[str], t_opts: Any, s_opts: Any, t_labels: Any, s_labels: Any, top1_tokens: list[tuple],
+            stacked: dict[str, Tensor]) -> PatchingResult:
     return PatchingResult(
         model_name=_model_name(model),
-        lens=lens.name,
+        lens=lens_name,
         n_layers=n_layers,
         layer_labels=layer_labels(n_layers),
         layers=tuple(layer_list),

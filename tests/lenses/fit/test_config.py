@@ -40,7 +40,7 @@ def test_layers_are_kept_as_a_tuple_so_equal_recipes_compare_and_hash_equal():
     ("optimizer", "lbfgs", r"TrainConfig.optimizer must be one of 'linesearch', 'sgd', 'adam', got str 'lbfgs'"),
     ("lr", 1, r"TrainConfig.lr must be float, got int 1"),
     ("compute_dtype", "bf16", r"TrainConfig.compute_dtype must be torch.dtype, got str 'bf16'"),
-    ("layers", "12", r"TrainConfig.layers must be Sequence\[int\] or None, got str '12'"),
+    ("layers", "12", r"TrainConfig.layers must be a sequence of int or None, got str '12'"),
     ("layers", [1.0], r"TrainConfig.layers must be"),
     ("max_tokens", -1, r"TrainConfig.max_tokens must be an int >= 0, got -1"),
     ("tokens_per_step", 0, r"TrainConfig.tokens_per_step must be an int >= 1"),

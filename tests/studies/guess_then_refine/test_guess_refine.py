@@ -202,7 +202,7 @@ def test_bad_inputs_raise(stub, kw, match):
 def test_bad_lens_and_missing_default_frequency(stub):
     model, lens = stub
     with pytest.raises(glt.GltError, match=r"argument lens must be a Lens \(an object with name, unembed, "
-                                           r"transform_stack, check_compatible\), got object"):
+                                           r"transform_stack, check_compatible\) or a list of them, got object"):
         run_guess_then_refine(model, object(), [TEXT_A], frequency=FREQ, progress=False)
     with pytest.raises(glt.GltError, match="ships a table only"):
         run_guess_then_refine(model, lens, [TEXT_A], progress=False)
