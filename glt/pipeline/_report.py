@@ -171,7 +171,7 @@ def by_lens_rows(plan: list[Any], results: dict[str, Any], lenses: tuple[str, ..
         rows = s.spec.headlines(results[s.name])
         for i in s.spec.key_rows:
             if i < len(rows):
-                label, n = _split_n(rows[i][0])
+                label, n = _split_n(rows[i][0].replace(f"the {s.lens} lens", "the lens"))
                 entry = table.setdefault((s.spec.title, s.variant or "", i), {"measure": label})
                 entry[s.lens] = f"{rows[i][1]} (N={n})" if n else rows[i][1]
     return [[study, task, e["measure"], *(e.get(lens, "not run") for lens in lenses)]

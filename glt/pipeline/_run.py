@@ -128,7 +128,7 @@ class StudyConfig:
 #: Sizes of ``glt study --quick`` (about 10 minutes on 2 CPU cores with the default model).
 QUICK: dict[str, Any] = {
     "quick": True, "gtr_texts": 48, "gtr_max_tokens": 32, "pos_items": 60, "fact_items": 60,
-    "mc_items": 24, "mc_shots": 2, "patch_pairs": 3, "patch_shots": 1,
+    "mc_items": 24, "mc_shots": 2, "patch_pairs": 3, "patch_shots": 1, "sublayer_positions": 512,
 }
 #: Sizes of the full ``glt study``.
 FULL: dict[str, Any] = {"quick": False}

@@ -183,7 +183,7 @@ def _sublayer_head(res: Any) -> list[tuple[str, str]]:
     for what, blocks in (("early blocks", list(res.early_layers)), ("later blocks", list(range(n // 2, n)))):
         h = res.headline(blocks)
         span = f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
-        rows.append((f"{what} {span}: early guesses overturned by attention / by the MLP / kept "
+        rows.append((f"{what} {span}: frequent-token guesses overturned by attention / by the MLP / kept "
                      f"(N={h['n_guesses']:,})",
                      f"{pct(h['share_attention'])} / {pct(h['share_mlp'])} / {pct(h['share_kept'])}"))
         rows.append((f"{what} {span}: top-1 changed by attention / by the MLP, every position "

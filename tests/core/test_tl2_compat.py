@@ -8,11 +8,12 @@ numpy < 2), so this test builds (once, then reuses) a virtual environment with
 
 import hashlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 REQS = [
@@ -42,11 +43,14 @@ def _venv() -> Path:
     want = hashlib.sha256("\n".join(REQS).encode()).hexdigest()
     if stamp.is_file() and stamp.read_text() == want:
         return venv
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    run_bounded([sys.executable, "-m", "venv", "--clear", venv], what="creating the TL 2.x virtual environment",
+                timeout=300, check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + [REQS[0]], check=True)
-    subprocess.run(pip + REQS[1:], check=True)
-    subprocess.run(pip + ["--no-deps", "-e", str(ROOT)], check=True)
+    run_bounded(pip + [REQS[0]], what="pip installing torch into the TL 2.x environment", timeout=1800, check=True)
+    run_bounded(pip + REQS[1:], what="pip installing transformer-lens<3 and the test requirements", timeout=1800,
+                check=True)
+    run_bounded(pip + ["--no-deps", "-e", str(ROOT)], what="pip installing glt into the TL 2.x environment",
+                timeout=600, check=True)
     stamp.write_text(want)
     return venv
 
@@ -55,18 +59,19 @@ def _venv() -> Path:
 def test_core_suite_passes_on_transformer_lens_2():
     venv = _venv()
     py = str(venv / "bin" / "python")
-    version = subprocess.run(
+    version = run_bounded(
         [py, "-c", "from glt.core._models import tl_major_version as v; print(v())"],
-        check=True, capture_output=True, text=True, cwd=ROOT,
+        what="the TL 2.x environment reporting its TransformerLens version", timeout=300, check=True, cwd=ROOT,
     ).stdout.strip()
     assert version == "2"
     missing = [t for t in CORE if not (ROOT / t).is_file()]
     assert not missing, f"core test files moved or renamed: {missing}: update CORE"
     tests = CORE
-    proc = subprocess.run(
+    proc = run_bounded(
         [py, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
          "--jaxtyping-packages=glt,beartype.beartype", "-m", "not integration", *tests],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        what="the core tests under TransformerLens 2.x", timeout=1800,
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout
