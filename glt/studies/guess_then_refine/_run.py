@@ -34,40 +34,14 @@ from glt.core._check import checked, layer_indices
 from glt.core._codec import tensor_fields
 from glt.core._errors import GltError
 from glt.core._models import model_name
-from glt.data._frequency import TokenFrequency, load_frequency
+from glt.data._frequency import TokenFrequency
 from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 from glt.decoding._readout import readout
 from glt.lenses._protocol import Lens, lens_set
+from glt.studies.guess_then_refine._inputs import resolve_frequency, token_ids
 from glt.studies.guess_then_refine._result import GuessRefineResult
 
 __all__ = ["run_guess_then_refine"]
-
-
-def _default_frequency(model: Any) -> TokenFrequency:
-    name = model_name(model)
-    if name == "gemma-3-270m":
-        return load_frequency("default")
-    raise GltError(
-        f"frequency: glt ships a table only for the default model, not for {name!r}: build one "
-        "with glt.TokenFrequency.from_texts(glt.data._wikipedia.wikipedia_paragraphs(), model) and pass "
-        "frequency=..."
-    )
-
-
-def _token_ids(model: Any, text: Any, i: int) -> list[int]:
-    """Token ids of one text exactly as `glt.tokenize` gives them (ids pass through, checked)."""
-    if isinstance(text, str):
-        tok = model_tokenizer(model)
-        if tok is None:
-            raise GltError("texts are strings but the model has no tokenizer: pass token id lists")
-        return [int(t) for t in tok(text, add_special_tokens=True)["input_ids"]]
-    if isinstance(text, (Sequence, Tensor)) and not isinstance(text, (bytes, dict)):
-        ids = [int(t) for t in (text.tolist() if isinstance(text, Tensor) else text)]
-        d_vocab = int(model.cfg.d_vocab)
-        if any(t < 0 or t >= d_vocab for t in ids):
-            raise GltError(f"texts[{i}] has token ids outside [0, {d_vocab}): pass valid ids")
-        return ids
-    raise GltError(f"texts[{i}] must be a string or a list of token ids, got {type(text).__name__}")
 
 
 def _plan(
@@ -92,7 +66,7 @@ def _plan(
         if isinstance(text, str) and not text.strip():
             counts["skipped_empty_text"] += 1
             continue
-        ids = _token_ids(model, text, i)
+        ids = token_ids(model, text, i)
         first = 1 if bos is not None and ids[:1] == [bos] else 0
         last = min(len(ids), n_ctx) - 1  # last readable position
         if cuts == "random":
@@ -187,18 +161,7 @@ def run_guess_then_refine(
     d_vocab = next(iter(lenses.values())).unembed.d_vocab
     early = (tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None
              else layer_indices(early_layers, name="early_layers", last=n_layers))
-    if frequency is None:
-        frequency = _default_frequency(model)
-    elif isinstance(frequency, (str, os.PathLike)):
-        frequency = load_frequency(frequency)
-    if not isinstance(frequency, TokenFrequency):
-        raise GltError(f"frequency must be a glt.TokenFrequency, got {type(frequency).__name__}")
-    if any(frequency.d_vocab != one.unembed.d_vocab for one in lenses.values()):
-        raise GltError(
-            f"frequency table covers {frequency.d_vocab} token ids (tokenizer "
-            f"{frequency.tokenizer!r}) but the model's vocabulary has {d_vocab}: build "
-            "the table with this model's tokenizer: TokenFrequency.from_texts(texts, model)"
-        )
+    frequency = resolve_frequency(model, frequency, d_vocab)
     if texts is None:
         texts, source = wikipedia_paragraphs("heldout"), source or f"{WIKI_SOURCE}, held-out paragraphs"
     if isinstance(texts, str):

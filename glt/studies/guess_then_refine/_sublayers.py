@@ -43,13 +43,14 @@ from glt.core._check import checked, layer_indices
 from glt.core._codec import Format, Saved
 from glt.core._errors import GltError
 from glt.core._models import model_name
-from glt.data._frequency import TokenFrequency, load_frequency
+from glt.data._frequency import TokenFrequency
 from glt.data._wikipedia import WIKI_SOURCE, wikipedia_paragraphs
 from glt.decoding._readout import readout
 from glt.lenses._logit import LogitLens
 from glt.lenses._protocol import Lens, require_resid_mid
 from glt.plotting._curves import register_plot
 from glt.plotting._style import OKABE_ITO, glt_style, new_axes
+from glt.studies.guess_then_refine._inputs import resolve_frequency, token_ids
 
 __all__ = ["FATES", "SublayerSplit", "plot_sublayer_split", "sublayer_split"]
 
@@ -242,42 +243,6 @@ class SublayerSplit(Saved):
 
 
 # ---------------------------------------------------------------------- the run
-def _frequency(model: Any, frequency: Any, d_vocab: int) -> TokenFrequency:
-    if frequency is None:
-        if model_name(model) != "gemma-3-270m":
-            raise GltError(
-                f"frequency: glt ships a table only for the default model, not for {model_name(model)!r}: "
-                "build one with glt.TokenFrequency.from_texts(glt.wikipedia_paragraphs(), model) and pass frequency=..."
-            )
-        frequency = load_frequency("default")
-    elif isinstance(frequency, (str, os.PathLike)):
-        frequency = load_frequency(frequency)
-    if not isinstance(frequency, TokenFrequency):
-        raise GltError(f"frequency must be a glt.TokenFrequency, a name or a folder, got {type(frequency).__name__}")
-    if frequency.d_vocab != d_vocab:
-        raise GltError(
-            f"frequency table covers {frequency.d_vocab} token ids (tokenizer {frequency.tokenizer!r}) but the "
-            f"model's vocabulary has {d_vocab}: build the table with this model's tokenizer: "
-            "TokenFrequency.from_texts(texts, model)"
-        )
-    return frequency
-
-
-def _ids(model: Any, text: Any, i: int) -> list[int]:
-    if isinstance(text, str):
-        tok = model_tokenizer(model)
-        if tok is None:
-            raise GltError("texts are strings but the model has no tokenizer: pass token id lists")
-        return [int(t) for t in tok(text, add_special_tokens=True)["input_ids"]]
-    if isinstance(text, (Sequence, Tensor)) and not isinstance(text, (bytes, dict)):
-        ids = [int(t) for t in (text.tolist() if isinstance(text, Tensor) else text)]
-        d_vocab = int(model.cfg.d_vocab)
-        if any(t < 0 or t >= d_vocab for t in ids):
-            raise GltError(f"texts[{i}] has token ids outside [0, {d_vocab}): pass valid ids")
-        return ids
-    raise GltError(f"texts[{i}] must be a string or a list of token ids, got {type(text).__name__}")
-
-
 def _plan(model: Any, texts: Iterable[Any], max_positions: int | None
           ) -> tuple[list[tuple[int, list[int], int]], dict[str, int]]:
     """``(text index, forward ids, first read position)`` per text; every later position is read."""
@@ -295,7 +260,7 @@ def _plan(model: Any, texts: Iterable[Any], max_positions: int | None
         if isinstance(text, str) and not text.strip():
             counts["skipped_empty_text"] += 1
             continue
-        ids = _ids(model, text, i)
+        ids = token_ids(model, text, i)
         first = 1 if bos is not None and ids[:1] == [bos] else 0
         counts["skipped_beyond_context"] += max(0, len(ids) - n_ctx)
         ids = ids[:n_ctx]
@@ -366,7 +331,7 @@ def sublayer_split(
     lens.check_compatible(n_layers + 1, int(model.cfg.d_model))
     early = (tuple(range(1, 1 + max(1, n_layers // 4))) if early_layers is None
              else layer_indices(early_layers, name="early_layers", last=n_layers - 1, what="block indices"))
-    frequency = _frequency(model, frequency, lens.unembed.d_vocab)
+    frequency = resolve_frequency(model, frequency, lens.unembed.d_vocab)
     buckets = layer_indices(guess_buckets, name="guess_buckets", last=frequency.n_buckets - 1,
                             what=f"bucket indices of {frequency.labels}")
     if texts is None:
