@@ -119,11 +119,6 @@ class StudyConfig:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Every field's default, as JSON values (what a manifest written before a field existed means)."""
-        return json.loads(json.dumps(dataclasses.asdict(cls())))
-
 
 #: Sizes of ``glt study --quick`` (about 10 minutes on 2 CPU cores with the default model).
 QUICK: dict[str, Any] = {
@@ -232,8 +227,11 @@ def _check_out(out: Path, config: StudyConfig, resume: bool, force: bool) -> Non
     if manifest.is_file():
         old = read_tagged(manifest, _MANIFEST_FORMAT) if resume else {}
         saved = old.get("config") if isinstance(old.get("config"), dict) else {}
-        saved = {**StudyConfig.defaults(), **saved}  # a manifest from before a field existed
-        if resume and saved != json.loads(json.dumps(config.to_dict())):
+        current = json.loads(json.dumps(config.to_dict()))
+        # a manifest written before a field existed cannot disagree on it: the field's stage (or
+        # option) did not exist then, and a missing stage is simply run now
+        saved = {**current, **saved}
+        if resume and saved != current:
             diff = sorted(k for k, v in config.to_dict().items() if json.loads(json.dumps(v)) != saved.get(k))
             raise GltError(
                 f"--resume: {out} holds a study with different settings ({', '.join(diff)}): "
