@@ -70,7 +70,9 @@ def _layers_of(result: Any) -> int | None:
     labels = getattr(result, "layer_labels", None)
     if labels is None and hasattr(result, "readout"):  # the heatmap's TextReadout
         labels = result.readout.layer_labels
-    return len(labels) - 1 if labels else None
+    if not labels:
+        return None
+    return len([x for x in labels if not str(x).startswith("resid_mid")]) - 1  # the sublayer stage's mid residuals
 
 
 def _model_of(result: Any) -> str | None:

@@ -243,3 +243,15 @@ def test_bad_run_lists_raise(runs, tmp_path):
             compare_runs(bad)
     with pytest.raises(glt.GltError, match="one of the runs compared"):
         compare_runs([runs[2], runs[3]], out=runs[3])
+
+
+def test_a_run_with_the_sublayer_stage_has_the_models_layer_count(tmp_path, tiny_root):
+    """The sublayer stage's results hold 2 n + 1 residuals (mid residuals between blocks): the run
+    still counts n layers, so it compares with others."""
+    folder = make_tiny_folder("llama", tiny_root, n_layers=3)
+    cfg = StudyConfig(model=str(folder), lenses=("logit",), gtr_texts=3, **SIZES)
+    out = run_study(cfg, tmp_path / "run", stages=["guess_refine", "sublayers"], progress=False)
+    run = load_study_run(out)
+    assert run.n_layers == 3 and len(run.results["sublayers"].layer_labels) == 7
+    twin = shutil.copytree(out, tmp_path / "twin")
+    assert len(compare_runs([out, twin]).series) == 2
