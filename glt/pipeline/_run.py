@@ -181,22 +181,22 @@ def study_config(
     if lens is None:
         lens = "tuned" if lens_path else default_lens_name(model)
     names, folders = _parse_lenses(lens)
+    path_kind = lens_folder_kind(lens_path) if lens_path is not None else None  # read config.json once
     if lens_path is not None and not {"tuned", "jacobian"} & set(names):
         raise GltError(f"--lens-path is the tuned lens's folder, but --lens is {lens!r}: pass --lens "
                        "tuned (or both) with it, or drop --lens-path")
-    if lens_path is not None and lens_folder_kind(lens_path) == "jacobian" and "jacobian" not in names:
+    if path_kind == "jacobian" and "jacobian" not in names:
         names = ["jacobian" if x == "tuned" else x for x in names]
     lenses = tuple(names)
     folder_kinds = {lens_folder_kind(f) for f in folders}
-    if lens_path is not None and lens_folder_kind(lens_path) in folder_kinds:
-        raise GltError(f"--lens-path {lens_path} and a --lens folder both hold a {lens_folder_kind(lens_path)} lens: "
+    if path_kind in folder_kinds:
+        raise GltError(f"--lens-path {lens_path} and a --lens folder both hold a {path_kind} lens: "
                        "pass that lens once")
-    if "jacobian" in lenses and "jacobian" not in folder_kinds and (
-            lens_path is None or lens_folder_kind(lens_path) != "jacobian"):
+    if "jacobian" in lenses and "jacobian" not in folder_kinds and path_kind != "jacobian":
         raise GltError("--lens jacobian needs a Jacobian lens folder: no Jacobian lens ships with glt; pass "
                        "the folder in --lens (e.g. --lens logit,tuned,FOLDER) or as --lens-path, after fitting "
                        "one with glt.fit_jacobian_lens(model, texts).save(FOLDER) or benchmarks/fit_jacobian_lens.py")
-    tuned_path = lens_path if lens_path is not None and lens_folder_kind(lens_path) == "tuned" else None
+    tuned_path = lens_path if path_kind == "tuned" else None
     if "tuned" in lenses and tuned_path is None and "tuned" not in folder_kinds:
         if model != "default":
             raise GltError(
