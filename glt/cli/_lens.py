@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from glt.core._assets import SHIPPED_NAMES
 from glt.core._distributed import torchrun_group
 from glt.core._errors import GltError
 from glt.core._models import load_model
@@ -95,7 +96,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     data_args(t)
     t.add_argument("--out", required=True, help="lens folder to write")
     t.add_argument("--init", default="least_squares",
-                   help="least_squares, zero, or a lens ('default' or a folder) to continue training")
+                   help="least_squares, zero, or a lens (a shipped one: 'default', 'smollm2-135m'; or a folder) "
+                   "to continue training")
     t.add_argument("--layers", help="train only these translators, e.g. 11-17 or 0,3,5 (default: all)")
     t.add_argument("--max-tokens", type=int, default=65_536)
     t.add_argument("--tokens-per-step", type=int, default=1024)
@@ -117,7 +119,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--frequency-alpha", type=float, default=1.0)
 
     e = sub.add_parser("eval", help="held-out KL / cross-entropy per layer, tuned vs logit lens")
-    e.add_argument("lens", help="'default' or a lens folder")
+    e.add_argument("lens", help="a shipped lens ('default', 'smollm2-135m') or a lens folder")
     data_args(e)
     e.add_argument("--max-rows", type=int, default=256)
     e.add_argument("--out", help="write the evaluation JSON here")
@@ -219,10 +221,10 @@ def _check_paths(args: argparse.Namespace) -> None:
         folder_target(args.out, "--out")
         if args.checkpoint_dir is not None:
             folder_target(args.checkpoint_dir, "--checkpoint-dir")
-        if args.init not in ("least_squares", "zero", "default"):
+        if args.init not in ("least_squares", "zero", *SHIPPED_NAMES):
             existing_folder(args.init, "--init")
     elif cmd == "eval":
-        if args.lens != "default":
+        if args.lens not in SHIPPED_NAMES:
             existing_folder(args.lens, "lens")
         if args.out is not None:
             file_target(args.out, "--out")
@@ -230,7 +232,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         existing_folder(args.source, "source")
         folder_target(args.dest, "dest")
     elif cmd == "export":
-        if args.lens != "default":
+        if args.lens not in SHIPPED_NAMES:
             existing_folder(args.lens, "lens")
         folder_target(args.dest, "dest")
 

@@ -237,6 +237,15 @@ class ResidualStack:
                    layer_labels(n_layers, resid_mid=resid_mid))
 
 
+def has_resid_mid(model: Any) -> bool:
+    """Whether ``model``'s blocks have a residual between attention and MLP (``resid_mid=True`` works)."""
+    try:
+        _check_resid_mid(model)
+    except GltError:
+        return False
+    return True
+
+
 def _check_resid_mid(model: Any) -> None:
     """GltError unless ``model``'s blocks have a residual between attention and MLP."""
     cfg = model.cfg

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key
 from glt.core._check import checked
 from glt.core._codec import Format, write_tagged
 from glt.core._errors import GltError
@@ -44,8 +45,7 @@ DEFAULT_EDGES: tuple[int, ...] = (10, 100, 1000)
 EXCLUDED = "excluded"
 _COUNTS_FILE = "counts.safetensors"
 _META_FILE = "frequency.json"
-_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "frequency"
-_SHIPPED = {"default": "default", "gemma-3-270m": "default"}
+_ALIASES = {"gemma-3-270m": "default"}  # the default model's tokenizer, by its display name
 _FORMAT = Format("glt.TokenFrequency", "frequency table", "rebuild it with TokenFrequency.from_texts(...).save(path)",
                  legacy=(("format", "glt.TokenFrequency/1"),))
 
@@ -405,9 +405,10 @@ def load_frequency(
 ) -> TokenFrequency:
     """Load a shipped frequency table by model name, or a saved table from a folder.
 
-    ``"default"`` (alias ``"gemma-3-270m"``) is the default model's table, counted on the whole
-    offline Wikipedia sample (`glt.data._wikipedia.wikipedia_paragraphs("all")`, BOS once per paragraph);
-    ``benchmarks/build_frequency_table.py`` rebuilds it. The keyword options re-rank the loaded
+    ``"default"`` (alias ``"gemma-3-270m"``) is the default model's table and ``"smollm2-135m"``
+    SmolLM2-135M's, each counted with the model's tokenizer on the whole offline Wikipedia sample
+    (`glt.data._wikipedia.wikipedia_paragraphs("all")`, BOS once per paragraph);
+    ``benchmarks/build_frequency_table.py [--model NAME]`` rebuilds them. The keyword options re-rank the loaded
     counts (None keeps the stored choice).
 
     Example:
@@ -416,14 +417,15 @@ def load_frequency(
         ('gemma-3-270m', 'Top 1-10')
     """
     key = str(name)
-    if key in _SHIPPED:
-        folder = _ASSETS / _SHIPPED[key]
+    shipped = (_ALIASES.get(key) or shipped_key(key)) if isinstance(name, str) else None
+    if shipped is not None:
+        folder = asset_dir("frequency", shipped)
     elif Path(key).expanduser().is_dir():
         folder = Path(key).expanduser()
     else:
         raise GltError(
-            f"frequency table {key!r} is neither a shipped table ({sorted(_SHIPPED)}) nor a folder: "
-            "pass 'default' or a folder written by TokenFrequency.save, or build one with "
+            f"frequency table {key!r} is neither a shipped table ({', '.join(SHIPPED_NAMES)}) nor a folder: "
+            "pass one of those names or a folder written by TokenFrequency.save, or build one with "
             "TokenFrequency.from_texts(texts, model)"
         )
     freq = TokenFrequency.load(folder)

@@ -9,8 +9,9 @@ The contract follows tuned-lens so its users feel at home:
 
 Inside a block: ``lens.transform_sites(resid, sites)`` reads a stack that also holds mid-block
 residuals (``blocks.{i}.hook_resid_mid``, captured with ``resid_mid=True``). The logit lens reads
-them like any residual (``reads_resid_mid`` is True); the tuned and Jacobian lenses have
-translators for block-boundary residuals only, so they raise GltError there.
+them like any residual (``reads_resid_mid`` is True), a least-squares lens through mid translators
+fitted with it (`glt.fit_least_squares` with ``resid_mid=True``); a KL-trained tuned lens and the
+Jacobian lens have translators for block-boundary residuals only, so they raise GltError there.
 
 `Unembed` is the model's own read-out: its final-norm module recomputed on every input (never
 the final layer's cached scale), then ``W_U``, ``b_U`` and the output soft-cap if the model has one.
@@ -36,7 +37,8 @@ def no_resid_mid_message(lens: Any, argument: str = "lens") -> str:
         f"{argument}: the {getattr(lens, 'name', '?')!r} lens ({type(lens).__name__}) has no translator for "
         "resid_mid residuals (blocks.i.hook_resid_mid, labelled 'resid_mid i': after a block's attention, "
         "before its MLP), only for block-boundary residuals: read a resid_mid stack with the logit lens "
-        "(glt.LogitLens.from_model(model)), or capture without resid_mid=True to use this lens"
+        "(glt.LogitLens.from_model(model)) or a least-squares lens fitted with its mid translators "
+        "(glt.least_squares_lens(model, resid_mid=True)), or capture without resid_mid=True to use this lens"
     )
 
 
@@ -137,7 +139,8 @@ class LogitLens(nn.Module):
     It reads a block's mid residual (``resid_mid``, after attention and before the MLP) as it
     reads any residual: ``reads_resid_mid`` is True and `transform_sites` decodes stacks
     captured with ``resid_mid=True``. Subclasses whose translators exist only for block-boundary
-    residuals (`glt.TunedLens`, `glt.JacobianLens`) set ``reads_resid_mid = False``.
+    residuals set ``reads_resid_mid = False`` (`glt.JacobianLens`) or make it say whether mid
+    translators were fitted (`glt.TunedLens`).
 
     Example:
         >>> # lens = glt.LogitLens.from_model(model)

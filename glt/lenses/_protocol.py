@@ -15,9 +15,10 @@ and ``lens(h, idx)`` (logits); the read-out does not need them, so `Lens` does n
 
 Mid-block residuals (``resid_mid``, captured with ``resid_mid=True``) are optional: a lens reads
 them when it has ``reads_resid_mid = True`` and a method ``transform_sites(resid, sites)`` (the
-stack's `glt.ResidualStack.sites`). `glt.LogitLens` does; `glt.TunedLens` and `glt.JacobianLens`
+stack's `glt.ResidualStack.sites`). `glt.LogitLens` does, and a `glt.TunedLens` with mid translators
+(a least-squares fit with ``resid_mid=True``); a KL-trained `glt.TunedLens`, `glt.JacobianLens`
 (translators for block-boundary residuals only) and lenses without these members do not, and
-`transform_residuals` raises GltError for them saying to use the logit lens.
+`transform_residuals` raises GltError for them saying which lenses do.
 """
 
 from collections.abc import Sequence
@@ -129,8 +130,9 @@ def lens_set(lens: "Lens | Sequence[Lens]") -> tuple[dict[str, "Lens"], bool]:
 
 
 def reads_resid_mid(lens: Any) -> bool:
-    """Whether ``lens`` decodes mid-block (``resid_mid``) residuals: True for `glt.LogitLens`,
-    False for `glt.TunedLens`, `glt.JacobianLens` and lenses without ``transform_sites``."""
+    """Whether ``lens`` decodes mid-block (``resid_mid``) residuals: True for `glt.LogitLens` and a
+    `glt.TunedLens` with mid translators (least squares, ``resid_mid=True``); False for a KL-trained
+    `glt.TunedLens`, `glt.JacobianLens` and lenses without ``transform_sites``."""
     return bool(getattr(lens, "reads_resid_mid", False)) and callable(getattr(lens, "transform_sites", None))
 
 

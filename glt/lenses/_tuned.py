@@ -14,7 +14,6 @@ like ``nn.Linear.weight`` as ``[out, in]``, ``bias [n_layers, d_model]``).
 import json
 import os
 import warnings
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from glt._version import __version__
+from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key
 from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir, write_json
@@ -62,9 +62,15 @@ class TunedLens(LogitLens):
         weight: ``[n_layers, d_model, d_model]`` translator matrices ``A`` (``[out, in]``).
         bias: ``[n_layers, d_model]`` translator biases ``b``.
 
-    Translators exist for block-boundary residuals only: a stack captured with
-    ``resid_mid=True`` (a block's residual between attention and MLP) raises GltError in
-    `glt.readout`; read it with `glt.LogitLens` (``reads_resid_mid`` is False here).
+        mid_weight, mid_bias: ``[n_layers, d_model, d_model]`` / ``[n_layers, d_model]``
+            translators of each block's mid residual (``blocks.{i}.hook_resid_mid``, after
+            attention, before the MLP), or None (the default).
+
+    Mid residuals are read only by a lens that has mid translators (``reads_resid_mid`` is
+    True then): `glt.fit_least_squares` fits them with ``resid_mid=True``, in the same closed
+    form as the block-boundary ones, and `set_mid_translators` sets them. A KL-trained lens has
+    none: a stack captured with ``resid_mid=True`` raises GltError in `glt.readout`; read it
+    with `glt.LogitLens` or a least-squares lens fitted with ``resid_mid=True``.
 
     Example:
         >>> import torch
@@ -78,14 +84,41 @@ class TunedLens(LogitLens):
     """
 
     name = "tuned"
-    reads_resid_mid = False  # translators read block-boundary residuals only
+    mid_weight: Tensor | None
+    mid_bias: Tensor | None
 
     def __init__(self, unembed: Unembed, n_layers: int, config: dict[str, Any] | None = None) -> None:
         super().__init__(unembed, n_layers)
         d = unembed.d_model
         self.weight = nn.Parameter(torch.zeros(self.n_layers, d, d))
         self.bias = nn.Parameter(torch.zeros(self.n_layers, d))
+        self.register_buffer("mid_weight", None, persistent=False)  # never trained: not a Parameter
+        self.register_buffer("mid_bias", None, persistent=False)
         self.config: dict[str, Any] = dict(config or {})
+
+    @property
+    def reads_resid_mid(self) -> bool:  # type: ignore[override]
+        """Whether the lens has mid translators (and so reads ``resid_mid`` residuals)."""
+        return self.mid_weight is not None
+
+    def set_mid_translators(
+        self, weight: Float[Tensor, "layer d_model d_model"], bias: Float[Tensor, "layer d_model"],
+        *, source: str = "mid translators",
+    ) -> "TunedLens":
+        """Set block ``i``'s mid-residual translator to ``h + weight[i] h + bias[i]`` (``[out, in]``);
+        GltError (naming ``source``) for other shapes or non-finite values. Returns the lens."""
+        d = self.d_model
+        if tuple(weight.shape) != (self.n_layers, d, d) or tuple(bias.shape) != (self.n_layers, d):
+            raise GltError(
+                f"{source}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} do not fit this lens, which "
+                f"needs [n_layers, d_model, d_model]={(self.n_layers, d, d)} and {(self.n_layers, d)}: fit them "
+                "for this model (glt.fit_least_squares(model, texts, resid_mid=True))"
+            )
+        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise GltError(f"{source}: the mid translators hold NaN/inf values: fit them again")
+        self.mid_weight = weight.detach().float().to(self.weight.device).clone()
+        self.mid_bias = bias.detach().float().to(self.weight.device).clone()
+        return self
 
     @classmethod
     def from_model(cls, model: Any, config: dict[str, Any] | None = None) -> "TunedLens":  # type: ignore[override]
@@ -105,6 +138,13 @@ class TunedLens(LogitLens):
             return h
         x = h.to(self.weight.dtype)
         return x + x @ self.weight[idx].T + self.bias[idx]
+
+    def transform_mid(self, h: Float[Tensor, "... d_model"], block: int) -> Float[Tensor, "... d_model"]:
+        """``h + M_block h + c_block`` for block ``block``'s mid residual; GltError without mid translators."""
+        super().transform_mid(h, block)  # checks the translators exist and the block index
+        assert self.mid_weight is not None and self.mid_bias is not None
+        x = h.to(self.mid_weight.dtype)
+        return x + x @ self.mid_weight[block].T + self.mid_bias[block]
 
     def transform_stack(self, resid: Float[Tensor, "layer ... d_model"]) -> Float[Tensor, "layer ... d_model"]:
         """`transform_hidden` for a whole stack (layer ``i`` = residual index ``i``), one einsum."""
@@ -131,11 +171,10 @@ class TunedLens(LogitLens):
 
         path = Path(path)
         with atomic_dir(path, "tuned lens folder") as tmp:  # OSErrors become GltError naming path
-            save_file(
-                {"weight": self.weight.detach().float().contiguous().cpu(),
-                 "bias": self.bias.detach().float().contiguous().cpu()},
-                str(tmp / _PARAMS),
-            )
+            tensors = {"weight": self.weight, "bias": self.bias}
+            if self.mid_weight is not None:
+                tensors.update(mid_weight=self.mid_weight, mid_bias=self.mid_bias)
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp / _PARAMS))
             write_json(tmp / "config.json", self.full_config())
             for name, obj in (extra_files or {}).items():
                 if isinstance(obj, str):
@@ -155,14 +194,17 @@ class TunedLens(LogitLens):
             "n_layers": self.n_layers,
             "d_vocab": self.unembed.d_vocab,
             "layer_index_convention": CONVENTION,
+            **({"resid_mid_translators": True} if self.reads_resid_mid else {}),
             "unembed_hash": self.unembed.fingerprint(),
             "dtype": "float32",
             "glt_version": _glt_version(),
         }
 
 
-def _default_path() -> Path:
-    return Path(str(resources.files("glt") / "assets" / "lenses" / "default"))
+def _shipped_folder(name: str) -> Path | None:
+    """The shipped lens folder that ``name`` ("default", "smollm2-135m", ...) names, else None."""
+    key = shipped_key(name)
+    return asset_dir("lenses", key) if key else None
 
 
 def _resolve_model(model: Any, cfg: dict[str, Any], where: Path) -> Any:
@@ -231,7 +273,10 @@ def _fill(lens: TunedLens, weight: Tensor, bias: Tensor, file: Path) -> TunedLen
 def load_lens(
     path_or_name: str | os.PathLike, model: Any = None, *, allow_mismatch: bool = False
 ) -> TunedLens | JacobianLens:
-    """Load a tuned lens: ``"default"`` (shipped), a glt lens folder or a tuned-lens folder.
+    """Load a tuned lens: a shipped one by model name, a glt lens folder or a tuned-lens folder.
+
+    glt ships a tuned lens for ``"default"`` (Gemma 3 270M) and ``"smollm2-135m"``; those names
+    (as `glt.load_model` takes them) load the shipped lens, before any folder of that name.
 
     A glt folder is read by the lens kind its ``config.json`` names: a tuned lens, or a Jacobian
     lens (`glt.JacobianLens`, format ``glt-jacobian-lens``).
@@ -241,7 +286,7 @@ def load_lens(
     `import_tuned_lens`).
 
     Args:
-        path_or_name: ``"default"`` or a folder path.
+        path_or_name: ``"default"``, ``"smollm2-135m"`` or a folder path.
         model: the model the lens decodes; None loads the model named in ``config.json``.
         allow_mismatch: accept a lens whose unembedding fingerprint differs from the model's
             (warns). The fingerprint is taken at bfloat16 precision, so the same model in
@@ -255,15 +300,17 @@ def load_lens(
         >>> # lens = glt.load_lens("default", model)
         >>> # r = glt.readout(stack, lens)
     """
-    where = _default_path() if str(path_or_name) == "default" else recover_dir(Path(path_or_name).expanduser())
-    if str(path_or_name) == "default" and not (where / "config.json").is_file():
+    shipped = _shipped_folder(path_or_name) if isinstance(path_or_name, str) else None
+    where = shipped if shipped is not None else recover_dir(Path(path_or_name).expanduser())
+    if shipped is not None and not (where / "config.json").is_file():
         raise GltError(
-            f"the shipped default lens is missing from this installation ({where}): reinstall glt"
+            f"the shipped {path_or_name!r} lens is missing from this installation ({where}): reinstall glt"
         )
     if not where.is_dir():
         raise GltError(
-            f"lens {str(path_or_name)!r} is not a folder: pass 'default' or a folder holding "
-            "config.json and params.safetensors (glt) or params.pt (tuned-lens)"
+            f"lens {str(path_or_name)!r} is not a folder: pass a shipped lens's model name "
+            f"({', '.join(sorted(SHIPPED_NAMES))}) or a folder holding config.json and "
+            "params.safetensors (glt) or params.pt (tuned-lens)"
         )
     if not (where / _PARAMS).is_file() and (where / "params.pt").is_file():
         return import_tuned_lens(where, model, allow_mismatch=allow_mismatch)
@@ -286,12 +333,16 @@ def load_lens(
     if jacobian:
         return JacobianLens(unembed, int(model.cfg.n_layers), keep).set_jacobian(
             params["jacobian"], residual_0=keep.get("residual_0", "identity"), source=f"lens file {where / _PARAMS}")
-    lens = TunedLens(unembed, int(model.cfg.n_layers), keep)
-    return _fill(lens, params["weight"], params["bias"], where / _PARAMS)
+    lens = _fill(TunedLens(unembed, int(model.cfg.n_layers), keep), params["weight"], params["bias"], where / _PARAMS)
+    if ("mid_weight" in params) != ("mid_bias" in params):
+        raise GltError(f"lens file {where / _PARAMS} holds only one of mid_weight / mid_bias: save the lens again")
+    if "mid_weight" in params:
+        lens.set_mid_translators(params["mid_weight"], params["mid_bias"], source=f"lens file {where / _PARAMS}")
+    return lens
 
 
 _DERIVED = {"format", "format_version", "lens_type", "d_model", "n_layers", "d_vocab",
-            "layer_index_convention", "unembed_hash", "dtype", "glt_version"}
+            "layer_index_convention", "resid_mid_translators", "unembed_hash", "dtype", "glt_version"}
 
 
 @checked

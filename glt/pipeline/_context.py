@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key, shipped_lens_dir
+from glt.core._capture import has_resid_mid
 from glt.core._errors import GltError
 from glt.core._io import read_json
 from glt.core._models import load_model, model_name
@@ -21,37 +23,37 @@ from glt.lenses._protocol import Lens
 from glt.lenses._tuned import TunedLens, load_lens
 from glt.lenses.fit._cached import least_squares_lens
 
-__all__ = ["StudyContext", "default_lens_name", "lens_folder_kind", "load_jacobian_lens", "load_tuned_lens"]
-
-_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "lenses"
-
+__all__ = ["StudyContext", "default_lens_name", "lens_folder_kind", "load_jacobian_lens", "load_tuned_lens",
+           "no_shipped_lens"]
 
 def default_lens_name(model: str = "default") -> str:
-    """``"tuned"`` when a tuned lens ships for ``model`` (the default model), else
-    ``"least_squares"`` (fitted on the spot and cached, `glt.lenses.fit._cached`)."""
-    if model == "default" and (_ASSETS / "default" / "config.json").is_file():
-        return "tuned"
-    return "least_squares"
+    """``"tuned"`` when a tuned lens ships for ``model`` (a `glt.load_model` name: the default
+    model or SmolLM2-135M), else ``"least_squares"`` (fitted on the spot and cached,
+    `glt.lenses.fit._cached`)."""
+    return "tuned" if shipped_lens_dir(model) is not None else "least_squares"
+
+
+def no_shipped_lens(model: Any, option: str = "--lens tuned") -> GltError:
+    """The error for asking for the shipped tuned lens of a model that has none."""
+    name = model if isinstance(model, str) else model_name(model)
+    why = (f"this glt build lacks it ({asset_dir('lenses', shipped_key(model))} is missing)" if shipped_key(model)
+           else f"glt ships tuned lenses for {' and '.join(repr(n) for n in SHIPPED_NAMES)} only, not for {name!r}")
+    return GltError(
+        f"{option}: {why}: pass --lens least_squares (fitted on the spot and cached) or --lens logit, "
+        "or --lens-path FOLDER with a lens trained for this model (`glt lens train`)"
+    )
 
 
 def load_tuned_lens(model: Any, path: str | None = None) -> TunedLens | JacobianLens:
     """The tuned lens at ``path``, or the one shipped for ``model``; GltError when there is none.
 
     A Jacobian lens folder at ``path`` gives that lens (`glt.load_lens` reads either kind)."""
-    if path is None and not (_ASSETS / "default" / "config.json").is_file():
-        raise GltError(
-            "no tuned lens ships with this glt build (glt/assets/lenses/default is missing): pass "
-            "--lens least_squares (fitted on the spot and cached) or --lens logit, or train one with "
-            "`glt lens train` and pass --lens-path FOLDER"
-        )
-    name = path if path is not None else "default"
-    if path is None and model_name(model) != "gemma-3-270m":
-        raise GltError(
-            f"glt ships a tuned lens for the default model only, not for {model_name(model)!r}: "
-            "pass --lens least_squares (fitted on the spot and cached) or --lens logit, or "
-            "--lens-path FOLDER with a lens trained for this model (`glt lens train`)"
-        )
-    return load_lens(name, model)
+    if path is not None:
+        return load_lens(path, model)
+    folder = shipped_lens_dir(model)
+    if folder is None:
+        raise no_shipped_lens(model)
+    return load_lens(folder, model)
 
 
 def lens_folder_kind(path: str) -> str:
@@ -105,8 +107,9 @@ class StudyContext:
             if name == "logit":
                 self._lenses[name] = LogitLens.from_model(self.model)
             elif name == "least_squares":
+                # with mid translators where the blocks have a mid residual: the sublayer stage reads them
                 self._lenses[name] = least_squares_lens(self.model, model_arg=self.config.model,
-                                                        progress=self.progress)
+                                                        resid_mid=has_resid_mid(self.model), progress=self.progress)
             elif name == "jacobian":
                 self._lenses[name] = load_jacobian_lens(self.model, self.folder("jacobian"))
             else:
@@ -128,11 +131,13 @@ class StudyContext:
         return None
 
     def frequency(self) -> Any:
-        """The shipped table for the default model, else one counted on the Wikipedia sample."""
+        """The shipped table of the model (default model, SmolLM2-135M), else one counted on the
+        Wikipedia sample."""
         if self._freq is None:
             t0 = time.perf_counter()
-            if self.config.model == "default":
-                self._freq = load_frequency("default")
+            key = shipped_key(self.config.model)
+            if key is not None and (asset_dir("frequency", key) / "frequency.json").is_file():
+                self._freq = load_frequency(key)
             else:
                 texts = wikipedia_paragraphs("all", max_paragraphs=self.config.freq_paragraphs)
                 self._freq = TokenFrequency.from_texts(texts, self.model, corpus=WIKI_SOURCE,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from glt._version import __version__
+from glt.core._assets import shipped_key
 from glt.core._models import model_name
 
 __all__ = ["environment", "provenance"]
@@ -57,7 +58,7 @@ def provenance(ctx: Any) -> dict[str, Any]:
         keep = {k: _short(cfg[k]) for k in ("model_name", "training", "least_squares", "data", "steps",
                                             "seed", "unembed_hash", "glt_version") if k in cfg}
         if name == "tuned":
-            keep["folder"] = str(ctx.folder("tuned") or "shipped default (glt/assets/lenses/default)")
+            keep["folder"] = str(ctx.folder("tuned") or f"shipped (glt/assets/lenses/{shipped_key(ctx.config.model)})")
         if name == "jacobian":
             keep.update(folder=str(ctx.folder("jacobian")), fit=_short(cfg.get("fit")),
                         n_prompts=cfg.get("n_prompts"), residual_0=cfg.get("residual_0"))

@@ -36,7 +36,7 @@ from glt.core._errors import GltError
 from glt.core._io import atomic_write_text, read_json, write_json, writing
 from glt.core._meter import Meter
 from glt.core._paths import folder_target
-from glt.pipeline._context import StudyContext, default_lens_name, lens_folder_kind
+from glt.pipeline._context import StudyContext, default_lens_name, lens_folder_kind, no_shipped_lens
 from glt.pipeline._plan import plan_stages
 from glt.pipeline._report import write_report
 from glt.pipeline._stages import Stage
@@ -197,19 +197,8 @@ def study_config(
                        "the folder in --lens (e.g. --lens logit,tuned,FOLDER) or as --lens-path, after fitting "
                        "one with glt.fit_jacobian_lens(model, texts).save(FOLDER) or benchmarks/fit_jacobian_lens.py")
     tuned_path = lens_path if path_kind == "tuned" else None
-    if "tuned" in lenses and tuned_path is None and "tuned" not in folder_kinds:
-        if model != "default":
-            raise GltError(
-                f"--lens {lens}: glt ships a tuned lens for the default model only, not for "
-                f"{model!r}: pass --lens least_squares (fitted on the spot and cached), --lens "
-                "logit, or --lens-path FOLDER with a lens trained for it (`glt lens train`)"
-            )
-        if default_lens_name(model) != "tuned":
-            raise GltError(
-                f"--lens {lens}: no tuned lens ships with this glt build yet "
-                "(glt/assets/lenses/default is missing): pass --lens least_squares, --lens logit, "
-                "or --lens-path FOLDER"
-            )
+    if "tuned" in lenses and tuned_path is None and "tuned" not in folder_kinds and default_lens_name(model) != "tuned":
+        raise no_shipped_lens(model, f"--lens {lens}")
     kw: dict[str, Any] = {"model": model, "lenses": lenses, "lens_path": lens_path, "lens_folders": tuple(folders)}
     kw.update(QUICK if quick else FULL)
     if config_file is not None:

@@ -167,11 +167,18 @@ def early_exit_spec() -> StudySpec:
 
 
 # ---------------------------------------------------------------- inside a block: attention vs MLP
+def _sublayer_lenses(config: Any) -> list[str | None]:
+    """The sublayer stage's variants: the logit lens (stage ``sublayers``), and the least-squares lens
+    (``sublayers_least_squares``, its mid translators fitted with it) when the run reads with it."""
+    return [None] + (["least_squares"] if "least_squares" in config.lenses else [])
+
+
 def _run_sublayers(ctx: StudyContext, stage: Stage) -> Any:
     cfg = ctx.config
     ids = [x[: cfg.gtr_max_tokens] for x in _tokens(ctx, cfg.gtr_texts)]
+    lens = LogitLens.from_model(ctx.model) if stage.variant is None else ctx.lens(stage.variant)
     return sublayer_split(
-        ctx.model, LogitLens.from_model(ctx.model), ids, frequency=ctx.frequency(),
+        ctx.model, lens, ids, frequency=ctx.frequency(),
         max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=ctx.progress,
         source=f"{WIKI_SOURCE}; {cfg.text_split} split, the guess-then-refine texts (first "
         f"{cfg.gtr_max_tokens} tokens of {cfg.gtr_texts} paragraphs), at most {cfg.sublayer_positions} positions")
@@ -194,12 +201,15 @@ def _sublayer_head(res: Any) -> list[tuple[str, str]]:
 
 
 def sublayer_spec() -> StudySpec:
-    """The sublayer split (attention vs MLP) of the early guesses, with the logit lens."""
+    """The sublayer split (attention vs MLP) of the early guesses, with the logit lens (and the
+    least-squares lens when the run reads with it)."""
     return StudySpec(
         "sublayers", "Inside a block: attention vs MLP", each_stage(_run_sublayers), SublayerSplit.load,
         lambda r: {"": r.to_dataframe()}, lambda results: {s.name: plot_sublayer_split(res)
                                                            for s, res in results.items()},
-        _sublayer_head, per_lens=False, needs_frequency=True, key_rows=(0, 2),
+        _sublayer_head, per_lens=False, variants=_sublayer_lenses, needs_frequency=True, key_rows=(0, 2),
         description="Each block read at its input, after attention (resid_mid) and at its output, with the logit "
-        "lens (the only glt lens with resid_mid translators). A guess = a top-1 in the top frequency bucket that "
-        "differs from the final top-1; its fate: removed by attention, by the MLP, restored by the MLP, or kept.")
+        "lens, and with the least-squares lens when the run reads with it (its resid_mid translators are fitted "
+        "with it; a KL-trained tuned lens and the Jacobian lens have none). A guess = a top-1 in the top frequency "
+        "bucket that differs from the final top-1; its fate: removed by attention, by the MLP, restored by the MLP, "
+        "or kept.")

@@ -38,7 +38,7 @@ class StudySpec:
     figures: Callable[[dict["Stage", Any]], dict[str, Any]]
     headlines: Callable[[Any], list[tuple[str, str]]]
     per_lens: bool = True
-    variants: Callable[[Any], Sequence[str]] | None = None
+    variants: Callable[[Any], Sequence[str | None]] | None = None
     needs_frequency: bool = False
     description: str = ""
     key_rows: tuple[int, ...] = (0, 1)

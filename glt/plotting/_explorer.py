@@ -43,10 +43,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from glt.core._assets import shipped_lens_dir
 from glt.core._capture import capture_residuals, model_tokenizer
 from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._io import atomic_write_text
+from glt.core._models import model_name
 from glt.decoding._readout import Readout, readout
 from glt.lenses._logit import LogitLens
 from glt.lenses._tuned import load_lens
@@ -303,7 +305,12 @@ def _lenses(model: Any, lenses: Any) -> dict[str, Any]:
         if isinstance(lens, str) and lens == "logit":
             lens = LogitLens.from_model(model)
         elif isinstance(lens, str) and lens == "tuned":
-            lens = load_lens("default", model)
+            folder = shipped_lens_dir(model)
+            if folder is None:
+                raise GltError(f"lenses: 'tuned' is the tuned lens glt ships for the model, and none ships for "
+                               f"{model_name(model)!r}: pass a lens object, e.g. glt.least_squares_lens(model) or "
+                               "glt.load_lens(FOLDER, model)")
+            lens = load_lens(folder, model)
         elif isinstance(lens, str) or not hasattr(lens, "unembed"):
             raise GltError(f"lenses must be 'logit', 'tuned', a lens object (glt.LogitLens, glt.TunedLens) or a list "
                            f"or dict of them, got {lens!r:.60}")
@@ -353,7 +360,7 @@ def explore(
     Args:
         model: a TransformerLens model (e.g. from `glt.load_model`).
         text: the text to read; every token is a column.
-        lenses: ``"logit"``, ``"tuned"`` (the shipped lens of the default model), a lens object,
+        lenses: ``"logit"``, ``"tuned"`` (the lens shipped for the model: default model, SmolLM2-135M), a lens object,
             or a list or dict ``{name: lens}`` of them (one grid each, switchable or stacked).
         targets: tokens (strings of one token, or ids; one string is one token) to follow exactly
             at every position, besides the final top-1; with targets the read-out runs twice (first

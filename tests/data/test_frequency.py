@@ -227,3 +227,21 @@ def test_shipped_default_table():
     bos = 2  # Gemma's <bos>: counted once per paragraph, inside the top 100
     assert 0 <= int(freq.rank[bos]) < 100
     assert int(load_frequency("default", exclude_special=True).rank[bos]) == -1
+
+
+def test_shipped_smollm2_table_counts_the_same_paragraphs_as_the_default_table():
+    folder = Path(glt.__file__).parent / "assets" / "frequency" / "smollm2-135m"
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 1_000_000
+    freq = load_frequency("smollm2-135m")
+    assert torch.equal(load_frequency("SmolLM2").counts, freq.counts)  # the load_model aliases work too
+    prov, default = freq.provenance(), load_frequency("default").provenance()
+    assert prov["tokenizer"] == "smollm2-135m" and prov["d_vocab"] == 49152
+    assert prov["corpus"] == default["corpus"] and prov["n_texts"] == default["n_texts"] == 5014
+    assert int(freq.counts.sum()) == prov["n_tokens"] > 500_000
+    comp = freq.composition()
+    assert 0.15 < comp[0]["share"] < 0.40 and comp[0]["n_types"] == 10
+
+
+def test_unknown_table_name_lists_the_shipped_ones():
+    with pytest.raises(glt.GltError, match=r"'gpt2' is neither a shipped table \(default, smollm2-135m\) nor a folder"):
+        load_frequency("gpt2")

@@ -284,13 +284,14 @@ def test_export_rejects_logit_lens(tiny_llama, tmp_path):
         export_tuned_lens(LogitLens.from_model(tiny_llama), tmp_path / "x")
 
 
-def test_shipped_report_claims_hold_in_its_heldout_evaluation():
+@pytest.mark.parametrize("name", ["default"])
+def test_shipped_report_claims_hold_in_its_heldout_evaluation(name):
     """The shipped lens's eval.json backs the report: tuned below least squares at every layer
     (paired, by more than 3 standard errors) and below the logit lens at every layer but the last."""
-    from glt.lenses._tuned import _default_path
+    from glt.core._assets import shipped_lens_dir
     from glt.lenses.fit._evaluate import LensEvaluation
 
-    folder = _default_path()
+    folder = shipped_lens_dir(name)
     ev = LensEvaluation.load(folder / "eval.json")
     assert ev.lenses == ("logit", "least_squares", "tuned") and ev.n_rows >= 1024
     kl = dict(zip(ev.lenses, ev.kl, strict=True))

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 matplotlib.use("Agg")
 
 import glt  # noqa: E402
+import glt.core._assets  # noqa: E402
 import glt.pipeline._context as _context  # noqa: E402
 import glt.pipeline._provenance as _provenance  # noqa: E402
 import glt.pipeline._run as _study  # noqa: E402
@@ -78,13 +80,18 @@ def test_study_config_unknown_key(tmp_path):
 
 
 def test_tuned_lens_missing_is_a_glt_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(_context, "_ASSETS", tmp_path / "no-lenses")
+    monkeypatch.setattr(glt.core._assets, "ASSETS_ROOT", tmp_path / "no-assets")
     assert _context.default_lens_name("default") == "least_squares"  # no lens ships: fitted on the spot
-    with pytest.raises(glt.GltError, match="no tuned lens ships"):
+    assert _context.default_lens_name("smollm2-135m") == "least_squares"
+    missing = re.escape(str(tmp_path / "no-assets" / "lenses" / "default")) + " is missing"
+    with pytest.raises(glt.GltError, match=r"--lens tuned: this glt build lacks it \(" + missing):
         study_config(lens="tuned")
-    with pytest.raises(glt.GltError, match="no tuned lens ships"):
+    with pytest.raises(glt.GltError, match="this glt build lacks it"):
         study_config(lens="both")
-    with pytest.raises(glt.GltError, match="default model only"):
+    with pytest.raises(glt.GltError, match="this glt build lacks it"):
+        study_config(model="smollm2", lens="tuned")
+    with pytest.raises(glt.GltError, match="ships tuned lenses for 'default' and 'smollm2-135m' only, not for "
+                                           "'/some/model'.*--lens least_squares"):
         study_config(model="/some/model", lens="tuned")
     assert study_config(model="/some/model", lens="tuned", lens_path="/my/lens").lenses == ("tuned",)
 

@@ -33,9 +33,10 @@ def test_study_with_a_least_squares_lens(tiny_root, tmp_path, monkeypatch, capsy
 
 
 def test_default_lens_without_a_shipped_lens_is_least_squares(monkeypatch, tmp_path):
+    import glt.core._assets as assets
     import glt.pipeline._context as context
 
-    assert context.default_lens_name("smollm2-135m") in ("tuned", "least_squares")  # tuned once one ships
-    assert context.default_lens_name("/some/model") == "least_squares"
-    monkeypatch.setattr(context, "_ASSETS", tmp_path / "no-lenses")
-    assert context.default_lens_name("default") == "least_squares"
+    assert context.default_lens_name("smollm2-135m") == context.default_lens_name("default") == "tuned"
+    assert context.default_lens_name("/some/model") == context.default_lens_name("gpt2") == "least_squares"
+    monkeypatch.setattr(assets, "ASSETS_ROOT", tmp_path / "no-assets")
+    assert context.default_lens_name("default") == context.default_lens_name("smollm2") == "least_squares"

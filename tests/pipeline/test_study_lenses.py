@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import glt  # noqa: E402
 from glt.data._wikipedia import WIKI_SOURCE  # noqa: E402
 from glt.lenses._jacobian import JacobianLens  # noqa: E402
+from glt.pipeline._plan import plan_stages  # noqa: E402
 from glt.pipeline._run import StudyConfig, run_study, study_config  # noqa: E402
 from tests.helpers import assert_same_result  # noqa: E402
 
@@ -135,3 +136,32 @@ def test_the_sublayer_stage_reads_with_the_logit_lens_whatever_the_study_lenses(
     report = (out / "report.md").read_text()
     assert "## Inside a block: attention vs MLP" in report and "overturned by attention / by the MLP" in report
     assert (out / "figures" / "sublayers.png").is_file()
+
+
+def test_the_sublayer_stage_also_reads_with_the_least_squares_lens_through_its_mid_translators(
+        folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLT_CACHE", str(tmp_path / "cache"))
+    model_folder, _, _ = folders
+    cfg = _config(model_folder, "logit,least_squares")
+    assert [s.name for s in plan_stages(cfg, ["sublayers"])] == [
+        "sublayers", "sublayers_least_squares"]
+    assert [s.name for s in plan_stages(_config(model_folder, "logit"), ["sublayers"])] == [
+        "sublayers"]
+    out = run_study(cfg, tmp_path / "s", stages=["sublayers"], progress=False)
+    logit = glt.SublayerSplit.load(out / "data" / "sublayers.json")
+    ls = glt.SublayerSplit.load(out / "data" / "sublayers_least_squares.json")
+    assert logit.lens == "logit" and ls.lens == "least_squares" and ls.n_positions == logit.n_positions > 0
+    model = glt.load_model(str(model_folder))
+    lens = glt.least_squares_lens(model, resid_mid=True, log=lambda _: None, progress=False)
+    assert lens.origin["reused"] and lens.reads_resid_mid  # the run cached the lens with its mid translators
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*truncated from")
+        ids = glt.tokenize(model, glt.wikipedia_paragraphs("heldout", max_paragraphs=cfg.gtr_texts), truncate=True)
+    texts = glt.wikipedia_paragraphs("all", max_paragraphs=cfg.freq_paragraphs)
+    freq = glt.TokenFrequency.from_texts(texts, model, corpus=WIKI_SOURCE, progress=False)
+    direct = glt.sublayer_split(model, lens, [x[: cfg.gtr_max_tokens] for x in ids], frequency=freq,
+                                max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=False,
+                                source=ls.data_source)
+    assert_same_result(ls, direct)
+    assert not torch.equal(ls.top1, logit.top1)  # the mid and boundary translators move the read-out
+    assert (out / "figures" / "sublayers_least_squares.png").is_file()

@@ -104,11 +104,15 @@ def _duration(seconds: float) -> str:
 
 
 def _as_ls(lens: TunedLens, where: Path) -> LeastSquaresLens:
-    out = LeastSquaresLens(lens.unembed, lens.n_layers, dict(lens.config))
-    return _fill(out, lens.weight.detach(), lens.bias.detach(), where)  # type: ignore[return-value]
+    out = _fill(LeastSquaresLens(lens.unembed, lens.n_layers, dict(lens.config)), lens.weight.detach(),
+                lens.bias.detach(), where)
+    if lens.mid_weight is not None and lens.mid_bias is not None:
+        out.set_mid_translators(lens.mid_weight, lens.mid_bias, source=str(where))
+    return out  # type: ignore[return-value]
 
 
-def _load_cached(folder: Path, model: Any, key: str, log: Callable[[str], None]) -> LeastSquaresLens | None:
+def _load_cached(folder: Path, model: Any, key: str, log: Callable[[str], None],
+                 resid_mid: bool = False) -> LeastSquaresLens | None:
     if not folder.exists():
         return None
     try:
@@ -121,6 +125,10 @@ def _load_cached(folder: Path, model: Any, key: str, log: Callable[[str], None])
         got = spot.get("cache_key") if isinstance(spot, dict) else None
         log(f"glt: the cached least-squares lens {folder} records cache key {got!r}, not {key!r}; "
             "fitting it again")
+        return None
+    if resid_mid and not lens.reads_resid_mid:
+        log(f"glt: the cached least-squares lens {folder} has no resid_mid translators (it was fitted before a "
+            "read-out inside the blocks asked for them); fitting it again with them")
         return None
     return _as_ls(lens, folder)
 
@@ -185,6 +193,7 @@ def least_squares_lens(
     batch_size: int = 8,
     seed: int = 0,
     cache: bool = True,
+    resid_mid: bool = False,
     model_arg: str | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
@@ -199,6 +208,10 @@ def least_squares_lens(
         ridge, seq_len, batch_size: as in `glt.fit_least_squares`.
         seed: order of the training sequences.
         cache: read and write the cache (False: always fit, never save).
+        resid_mid: the lens must also read each block's mid residual (`glt.sublayer_split`):
+            fit those translators too (`glt.fit_least_squares`). The cache entry is the same
+            either way (the block-boundary translators do not change); an entry without them is
+            refitted with them when they are asked for, and one with them serves both.
         model_arg: how the user named the model, for the ``glt lens train`` command in the
             messages (default the model's name).
         log: where messages go (default: a line each on stderr).
@@ -216,7 +229,7 @@ def least_squares_lens(
     key = least_squares_key(model, settings)
     folder = cache_dir() / "lenses" / "least_squares" / key
     arg = model_arg or model_name(model)
-    cached = _load_cached(folder, model, key, log) if cache else None
+    cached = _load_cached(folder, model, key, log, resid_mid) if cache else None
     if cached is not None:
         spot = cached.config["on_the_spot"]
         cached.origin = {"folder": str(folder), "reused": True, **spot}
@@ -234,7 +247,7 @@ def least_squares_lens(
     lens = LeastSquaresLens.from_model(model)
     t0, cpu0 = time.perf_counter(), time.process_time()
     fit_least_squares(model, seqs, lens=lens, max_tokens=max_tokens, ridge=ridge, seq_len=seq_len,
-                      batch_size=batch_size, progress=progress)
+                      batch_size=batch_size, resid_mid=resid_mid, progress=progress)
     fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     positions = int(lens.config["least_squares"]["tokens"])
     rate = measure_kl_rate(model, lens, seqs, bos, batch_size=batch_size)

@@ -5,6 +5,9 @@ only forward passes, no vocabulary-sized work. Each translator ``h_l + A_l h_l +
 weighted ridge regression of ``h_final`` on ``h_l`` over read positions (BOS skipped), rows
 weighted by ``1 / mean(h_final^2)`` so they count in the final norm's scale-free units. It is
 also the baseline a KL-trained lens must beat (the shipped lens's report compares the two).
+With ``resid_mid=True`` each block's mid residual (after attention, before the MLP) gets a
+translator of its own, fitted the same way on the same rows, so the lens reads the stacks that
+`glt.sublayer_split` decodes.
 """
 
 import math
@@ -36,6 +39,7 @@ def fit_least_squares(
     seq_len: int = 256,
     batch_size: int = 8,
     row_weight: Callable[[Tensor], Tensor] | None = None,
+    resid_mid: bool = False,
     progress: bool = True,
 ) -> TunedLens:
     """Fit every translator in closed form so that ``h_l + A_l h_l + b_l`` predicts ``h_final``.
@@ -57,6 +61,9 @@ def fit_least_squares(
         row_weight: ``f(top1) -> [row]`` multiplies each row's weight by a function of the final
             layer's top-1 token (the frequency-reweighted objective of `glt.train_tuned_lens`);
             None leaves the rows unweighted by token.
+        resid_mid: also fit a translator for each block's mid residual (``hook_resid_mid``), on
+            the same rows (`glt.TunedLens.set_mid_translators`); the block-boundary translators
+            are the same either way.
         progress: show a tqdm bar.
 
     Example:
@@ -73,11 +80,13 @@ def fit_least_squares(
     rank, world = rank_and_world()
     seqs, caps = _rank_share(seqs, bos, max_tokens, rank, world)
     L, d = lens.n_layers, lens.d_model
-    xtx = torch.zeros(L, d + 1, d + 1, dtype=torch.float64)
-    xty = torch.zeros(L, d + 1, d, dtype=torch.float64)
+    n_fits = 2 * L if resid_mid else L  # the block-boundary translators, then the mid ones
+    xtx = torch.zeros(n_fits, d + 1, d + 1, dtype=torch.float64)
+    xty = torch.zeros(n_fits, d + 1, d, dtype=torch.float64)
     seen = 0
     bar = tqdm(total=int(caps.sum()), desc="least squares", unit="tok", disable=not progress or rank != 0)
-    stacks = iter_residuals(model, seqs, batch_size=batch_size) if seqs else []  # a rank may get none
+    # a rank may get no sequence
+    stacks = iter_residuals(model, seqs, batch_size=batch_size, resid_mid=resid_mid) if seqs else []
     for i, stack in enumerate(stacks):
         b, p = read_rows(stack.tokens, stack.mask, bos)
         n = torch.bincount(b, minlength=stack.tokens.shape[0])
@@ -87,13 +96,16 @@ def fit_least_squares(
         if len(b) == 0:
             continue
         h = stack.resid[:, b, p].double()  # [layer, row, d]
+        sites = stack.sites
+        inputs = [j for j, s in enumerate(sites) if not s.mid][:-1] + [j for j, s in enumerate(sites) if s.mid]
         w = 1.0 / h[-1].pow(2).mean(-1)
         if row_weight is not None:
             top1 = tiled_top1(lens.unembed, lens.unembed.normalize(h[-1].float()))
             w = w * row_weight(top1).double()
-        X = torch.cat([h[:-1], torch.ones(L, len(b), 1, dtype=torch.float64)], -1)
+        x = h[inputs]  # [fit, row, d]: residual indices 0 .. L-1, then mid residuals of blocks 0 .. L-1
+        X = torch.cat([x, torch.ones(n_fits, len(b), 1, dtype=torch.float64)], -1)
         xtx += torch.einsum("lri,lrj->lij", X * w[None, :, None], X)
-        xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - h[:-1])
+        xty += torch.einsum("lri,lrj->lij", X * w[None, :, None], h[-1:] - x)
         seen += len(b)
         bar.update(len(b))
     bar.close()
@@ -119,10 +131,14 @@ def fit_least_squares(
     else:
         theta = torch.linalg.lstsq(reg, xty).solution
     with torch.no_grad():
-        lens.weight.copy_(theta[:, :d].transpose(-1, -2).float())
-        lens.bias.copy_(theta[:, d].float())
+        lens.weight.copy_(theta[:L, :d].transpose(-1, -2).float())
+        lens.bias.copy_(theta[:L, d].float())
+    if resid_mid:
+        lens.set_mid_translators(theta[L:, :d].transpose(-1, -2).float(), theta[L:, d].float(),
+                                 source="the least-squares fit")
     lens.config["least_squares"] = {"tokens": total, "ridge": ridge, "row_weight": "1/mean(h_final^2)"
-                                    + ("" if row_weight is None else " * frequency weight of the final top-1")}
+                                    + ("" if row_weight is None else " * frequency weight of the final top-1"),
+                                    **({"resid_mid": True} if resid_mid else {})}
     return lens
 
 

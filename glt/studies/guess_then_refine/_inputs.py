@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
+from glt.core._assets import SHIPPED_NAMES, shipped_key
 from glt.core._capture import model_tokenizer
 from glt.core._errors import GltError
 from glt.core._models import model_name
@@ -39,12 +40,13 @@ def token_ids(model: Any, text: Any, i: int) -> list[int]:
 def resolve_frequency(model: Any, frequency: Any, d_vocab: int) -> TokenFrequency:
     """The `glt.TokenFrequency` that ``frequency`` names, checked to cover ``d_vocab`` token ids."""
     if frequency is None:
-        if model_name(model) != "gemma-3-270m":
+        key = shipped_key(model)
+        if key is None:
             raise GltError(
-                f"frequency: glt ships a table only for the default model, not for {model_name(model)!r}: "
+                f"frequency: glt ships tables for {' and '.join(SHIPPED_NAMES)} only, not for {model_name(model)!r}: "
                 "build one with glt.TokenFrequency.from_texts(glt.wikipedia_paragraphs(), model) and pass frequency=..."
             )
-        frequency = load_frequency("default")
+        frequency = load_frequency(key)
     elif isinstance(frequency, (str, os.PathLike)):
         frequency = load_frequency(frequency)
     if not isinstance(frequency, TokenFrequency):

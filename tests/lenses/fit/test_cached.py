@@ -85,3 +85,18 @@ def test_cache_false_writes_nothing(tiny_llama, cache):
 def test_bad_settings_raise(tiny_llama, cache, kw, match):
     with pytest.raises(glt.GltError, match=match):
         least_squares_lens(tiny_llama, progress=False, log=lambda m: None, **kw)
+
+
+def test_resid_mid_refits_an_entry_without_mid_translators_and_that_entry_serves_both(tiny_llama, cache):
+    log: list[str] = []
+    plain = fit(tiny_llama, log)
+    assert not plain.reads_resid_mid
+    log.clear()
+    mid = fit(tiny_llama, log, resid_mid=True)
+    assert not mid.origin["reused"] and "has no resid_mid translators" in log[0] and mid.reads_resid_mid
+    assert torch.equal(mid.weight, plain.weight) and torch.equal(mid.bias, plain.bias)  # same rows, same fit
+    assert mid.origin["folder"] == plain.origin["folder"]  # one entry, now with the mid translators
+    for resid_mid in (True, False):
+        again = fit(tiny_llama, [], resid_mid=resid_mid)
+        assert again.origin["reused"] and again.reads_resid_mid
+        assert torch.equal(again.mid_weight, mid.mid_weight) and torch.equal(again.mid_bias, mid.mid_bias)

@@ -132,6 +132,56 @@ def test_least_squares_solves_the_weighted_ridge_normal_equations(tiny_llama, by
         torch.testing.assert_close(lens.bias[layer].double(), theta[28], rtol=1e-3, atol=1e-4)
 
 
+def test_least_squares_mid_translators_solve_their_own_normal_equations(tiny_llama, tmp_path):
+    """resid_mid=True: block i's mid residual gets the weighted ridge fit of h_final on it (same rows,
+    same weights); the block-boundary translators are unchanged; the lens reads resid_mid stacks
+    through them, and saving and loading keeps them."""
+    ridge = 1e-3
+    plain = fit_least_squares(tiny_llama, TRAIN, ridge=ridge, progress=False)
+    lens = fit_least_squares(tiny_llama, TRAIN, ridge=ridge, resid_mid=True, progress=False)
+    assert not plain.reads_resid_mid and lens.reads_resid_mid and lens.config["least_squares"]["resid_mid"]
+    torch.testing.assert_close(lens.weight, plain.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lens.bias, plain.bias, rtol=1e-5, atol=1e-6)
+    seqs, bos = plan_sequences(tiny_llama, TRAIN)
+    stack = glt.capture_residuals(tiny_llama, seqs, resid_mid=True)
+    b, p = read_rows(stack.tokens, stack.mask, bos)
+    h = stack.resid[:, b, p].double()
+    w = 1.0 / h[-1].pow(2).mean(-1)
+    mids = [j for j, site in enumerate(stack.sites) if site.mid]
+    assert len(mids) == 3
+    for block, j in enumerate(mids):
+        X = torch.cat([h[j], torch.ones(len(b), 1, dtype=torch.float64)], -1)
+        A = (X * w[:, None]).T @ X
+        A[range(28), range(28)] += ridge * torch.diagonal(A)[:-1].sum() / 28
+        theta = torch.linalg.solve(A, (X * w[:, None]).T @ (h[-1] - h[j]))
+        torch.testing.assert_close(lens.mid_weight[block].double(), theta[:28].T, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(lens.mid_bias[block].double(), theta[28], rtol=1e-3, atol=1e-4)
+        x = h[j].float()
+        want = x + x @ lens.mid_weight[block].T + lens.mid_bias[block]
+        torch.testing.assert_close(lens.transform_mid(x, block), want)
+    r = glt.readout(stack, lens, top_k=1)  # a resid_mid stack, read through the mid translators
+    moved = lens.transform_sites(stack.resid, stack.sites)
+    want = lens.unembed(moved).argmax(-1)  # Unembed applies the final norm
+    assert torch.equal(r.top1, want[:, r.batch_index, r.pos_index])
+    loaded = load_lens(lens.save(tmp_path / "ls-mid"), tiny_llama)
+    assert loaded.reads_resid_mid and torch.equal(loaded.mid_weight, lens.mid_weight)
+    assert torch.equal(loaded.mid_bias, lens.mid_bias)
+    assert json.loads((tmp_path / "ls-mid" / "config.json").read_text())["resid_mid_translators"] is True
+    assert "resid_mid_translators" not in plain.full_config()  # lenses without them save as before
+    with pytest.raises(glt.GltError, match="no translator for resid_mid"):
+        glt.readout(stack, plain)
+
+
+def test_mid_translators_are_checked(tiny_llama):
+    lens = TunedLens.from_model(tiny_llama)
+    with pytest.raises(glt.GltError, match=r"mine: weight \(3, 27, 27\) and bias \(3, 27\) do not fit this lens"):
+        lens.set_mid_translators(torch.zeros(3, 27, 27), torch.zeros(3, 27), source="mine")
+    with pytest.raises(glt.GltError, match="NaN/inf"):
+        lens.set_mid_translators(torch.full((3, 28, 28), float("nan")), torch.zeros(3, 28))
+    with pytest.raises(glt.GltError, match=r"block must be a block index in \[0, 3\)"):
+        lens.set_mid_translators(torch.zeros(3, 28, 28), torch.zeros(3, 28)).transform_mid(torch.zeros(28), 3)
+
+
 def test_least_squares_needs_enough_rows(tiny_llama):
     with pytest.raises(glt.GltError, match="more than d_model=28"):
         fit_least_squares(tiny_llama, TRAIN, max_tokens=10, progress=False)

@@ -204,7 +204,7 @@ def test_bad_lens_and_missing_default_frequency(stub):
     with pytest.raises(glt.GltError, match=r"argument lens must be a Lens \(an object with name, unembed, "
                                            r"transform_stack, check_compatible\) or a list of them, got object"):
         run_guess_then_refine(model, object(), [TEXT_A], frequency=FREQ, progress=False)
-    with pytest.raises(glt.GltError, match="ships a table only"):
+    with pytest.raises(glt.GltError, match="ships tables for default and smollm2-135m only"):
         run_guess_then_refine(model, lens, [TEXT_A], progress=False)
     with pytest.raises(glt.GltError, match="layers"):
         _run(stub).headline(layers=[99])

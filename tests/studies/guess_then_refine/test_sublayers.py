@@ -185,7 +185,7 @@ def test_lenses_without_resid_mid_and_bad_arguments_raise_before_any_forward_pas
             sublayer_split(tiny_llama, lens, TEXTS, frequency=FREQ)
     for kw, match in ((dict(guess_buckets=(2,)), "guess_buckets"), (dict(early_layers=(3,)), "early_layers"),
                       (dict(max_positions=0), "max_positions"), (dict(batch_size=0), "batch_size"),
-                      (dict(frequency=None), "frequency: glt ships a table only for the default model"),
+                      (dict(frequency=None), "frequency: glt ships tables for default and smollm2-135m only"),
                       (dict(frequency=glt.TokenFrequency.from_counts([1] * 7)), "covers 7 token ids")):
         with pytest.raises(glt.GltError, match=match):
             sublayer_split(tiny_llama, None, TEXTS, **{"frequency": FREQ, **kw})

@@ -1,0 +1,47 @@
+"""What ships inside glt for which model: tuned lenses and token-frequency tables.
+
+glt ships a trained tuned lens and a token-frequency table for each offline model, Gemma 3 270M
+(the default model) and SmolLM2-135M, in ``glt/assets/lenses/<key>`` and
+``glt/assets/frequency/<key>``. `shipped_key` maps a model (loaded, or a name as `glt.load_model`
+takes it) to that key; any other model has none, and gets a lens fitted on the spot instead.
+"""
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from glt.core._models import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_name
+
+__all__ = ["SHIPPED", "SHIPPED_NAMES", "asset_dir", "shipped_key", "shipped_lens_dir"]
+
+#: Where the shipped assets are (inside the installed package).
+ASSETS_ROOT = Path(str(resources.files("glt") / "assets"))
+#: `glt.model_name` of a shipped model -> its asset folder name.
+SHIPPED: dict[str, str] = {DEFAULT_MODEL_ID: "default", "smollm2-135m": "smollm2-135m"}
+#: The names users pass for the shipped models (`glt.load_model`, `glt.load_lens`, ``--model``).
+SHIPPED_NAMES: tuple[str, ...] = (DEFAULT_MODEL, "smollm2-135m")
+#: Names `glt.load_model` resolves to a shipped model (case-insensitive).
+_LOAD_NAMES = {DEFAULT_MODEL: DEFAULT_MODEL_ID, "smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m"}
+
+
+def shipped_key(model: Any) -> str | None:
+    """The asset key of ``model`` (a loaded model, or a `glt.load_model` name), None if nothing ships.
+
+    Example:
+        >>> shipped_key("default"), shipped_key("SmolLM2"), shipped_key("gpt2")
+        ('default', 'smollm2-135m', None)
+    """
+    name = _LOAD_NAMES.get(model.lower()) if isinstance(model, str) else model_name(model)
+    return SHIPPED.get(name) if name else None
+
+
+def asset_dir(kind: str, key: str) -> Path:
+    """The folder of a shipped asset: ``kind`` is ``"lenses"`` or ``"frequency"``."""
+    return ASSETS_ROOT / kind / key
+
+
+def shipped_lens_dir(model: Any) -> Path | None:
+    """The shipped tuned lens folder of ``model``, None when none ships (or the build lacks it)."""
+    key = shipped_key(model)
+    folder = asset_dir("lenses", key) if key else None
+    return folder if folder is not None and (folder / "config.json").is_file() else None

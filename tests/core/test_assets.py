@@ -1,0 +1,38 @@
+"""What ships for which model: `glt.core._assets` maps load names and loaded models to asset folders."""
+
+import pytest
+
+import glt
+import glt.core._assets as assets
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("default", "default"), ("DEFAULT", "default"), ("smollm2-135m", "smollm2-135m"), ("SmolLM2", "smollm2-135m"),
+    ("gemma-3-270m", None),  # a hub name: other weights than the embedded quantised model
+    ("gpt2", None), ("/some/folder", None), ("", None),
+])
+def test_shipped_key_of_a_load_name(name, key):
+    assert assets.shipped_key(name) == key
+
+
+def test_shipped_key_of_a_loaded_model(tiny_llama, monkeypatch):
+    assert assets.shipped_key(tiny_llama) is None
+    monkeypatch.setattr(tiny_llama, "_glt_name", "smollm2-135m", raising=False)  # as glt.load_model("smollm2")
+    assert assets.shipped_key(tiny_llama) == "smollm2-135m"
+
+
+def test_every_shipped_model_has_its_lens_and_table():
+    for name in assets.SHIPPED_NAMES:
+        key = assets.shipped_key(name)
+        assert assets.shipped_lens_dir(name) == assets.asset_dir("lenses", key)
+        for f in ("config.json", "params.safetensors", "report.md", "eval.json"):
+            assert (assets.asset_dir("lenses", key) / f).is_file(), (name, f)
+        assert (assets.asset_dir("frequency", key) / "frequency.json").is_file(), name
+    assert sorted(p.name for p in (assets.ASSETS_ROOT / "lenses").iterdir()) == sorted(assets.SHIPPED.values())
+
+
+def test_a_build_without_assets_has_no_shipped_lens(monkeypatch, tmp_path):
+    monkeypatch.setattr(assets, "ASSETS_ROOT", tmp_path)
+    assert assets.shipped_lens_dir("default") is None and assets.shipped_lens_dir("gpt2") is None
+    with pytest.raises(glt.GltError, match=r"the shipped 'smollm2-135m' lens is missing from this installation"):
+        glt.load_lens("smollm2-135m")
