@@ -43,22 +43,21 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from torch import Tensor
 
 from glt._version import __version__
 from glt.core._check import checked
 from glt.core._errors import GltError
-from glt.core._io import atomic_dir, atomic_write_bytes, write_json
+from glt.core._io import atomic_write_bytes
 from glt.core._models import model_name
 from glt.core._paths import existing_file
+from glt.lenses._folder import lens_config, write_lens_folder
 from glt.lenses._logit import LogitLens, Unembed
 
 __all__ = ["JacobianLens", "export_jacobian_lens", "import_jacobian_lens"]
 
 FORMAT = "glt-jacobian-lens"
 FORMAT_VERSION = 1
-PARAMS = "params.safetensors"
 CONVENTION = (
     "jacobian i reads residual index i: 0 = embedding output (blocks.0.hook_resid_pre), i = output "
     "of block i - 1 (the reference artefact's layer i - 1, blocks.{i-1}.hook_out); index n_layers "
@@ -176,30 +175,13 @@ class JacobianLens(LogitLens):
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, *, extra_files: dict[str, Any] | None = None) -> Path:
         """Write the lens folder (``config.json``, ``params.safetensors``) atomically; `glt.load_lens`
-        reads it back. ``extra_files`` maps file names to JSON-able objects written beside them."""
-        path = Path(path)
-        with atomic_dir(path, "Jacobian lens folder") as tmp:  # OSErrors become GltError naming path
-            save_file({"jacobian": self.jacobian.detach().float().contiguous().cpu()}, str(tmp / PARAMS))
-            write_json(tmp / "config.json", self.full_config())
-            for name, obj in (extra_files or {}).items():
-                write_json(tmp / name, obj)
-        return path
+        reads it back. ``extra_files`` maps file names to JSON-able objects (or strings) written beside them."""
+        return write_lens_folder(path, "Jacobian lens folder", {"jacobian": self.jacobian}, self.full_config(),
+                                 extra_files)
 
     def full_config(self) -> dict[str, Any]:
         """The ``config.json`` content: format, sizes, convention, fingerprint, provenance."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "lens_type": "jacobian_lens",
-            **self.config,
-            "d_model": self.d_model,
-            "n_layers": self.n_layers,
-            "d_vocab": self.unembed.d_vocab,
-            "layer_index_convention": CONVENTION,
-            "unembed_hash": self.unembed.fingerprint(),
-            "dtype": "float32",
-            "glt_version": __version__,
-        }
+        return lens_config(self, FORMAT, FORMAT_VERSION, "jacobian_lens", CONVENTION)
 
 
 def _read_artefact(file: Path) -> dict[str, Any]:

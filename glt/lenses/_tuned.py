@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from glt._version import __version__
 from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key
 from glt.core._check import checked
 from glt.core._errors import GltError
-from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir, write_json
+from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir
 from glt.core._models import load_model, model_name
 from glt.core._paths import existing_folder
+from glt.lenses._folder import PARAMS, lens_config, write_lens_folder
 from glt.lenses._jacobian import FORMAT as JACOBIAN_FORMAT
 from glt.lenses._jacobian import JacobianLens
 from glt.lenses._logit import LogitLens, Unembed
@@ -43,11 +43,6 @@ CONVENTION = (
     "hidden_states[0]), i = residual entering block i; index n_layers (final residual, before "
     "the final norm) has no translator"
 )
-_PARAMS = "params.safetensors"
-
-
-def _glt_version() -> str:
-    return __version__
 
 
 class TunedLens(LogitLens):
@@ -168,37 +163,15 @@ class TunedLens(LogitLens):
         crash leaves the old lens or none, never half of one. ``extra_files`` maps file names to
         JSON-able objects (``.json``) or strings, written into the same folder.
         """
-
-        path = Path(path)
-        with atomic_dir(path, "tuned lens folder") as tmp:  # OSErrors become GltError naming path
-            tensors = {"weight": self.weight, "bias": self.bias}
-            if self.mid_weight is not None:
-                tensors.update(mid_weight=self.mid_weight, mid_bias=self.mid_bias)
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp / _PARAMS))
-            write_json(tmp / "config.json", self.full_config())
-            for name, obj in (extra_files or {}).items():
-                if isinstance(obj, str):
-                    atomic_write_text(tmp / name, obj)
-                else:
-                    write_json(tmp / name, obj)
-        return path
+        tensors = {"weight": self.weight, "bias": self.bias}
+        if self.mid_weight is not None and self.mid_bias is not None:
+            tensors.update(mid_weight=self.mid_weight, mid_bias=self.mid_bias)
+        return write_lens_folder(path, "tuned lens folder", tensors, self.full_config(), extra_files)
 
     def full_config(self) -> dict[str, Any]:
         """The ``config.json`` content: format, sizes, convention, fingerprint, provenance."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "lens_type": "linear_tuned_lens",
-            **self.config,
-            "d_model": self.d_model,
-            "n_layers": self.n_layers,
-            "d_vocab": self.unembed.d_vocab,
-            "layer_index_convention": CONVENTION,
-            **({"resid_mid_translators": True} if self.reads_resid_mid else {}),
-            "unembed_hash": self.unembed.fingerprint(),
-            "dtype": "float32",
-            "glt_version": _glt_version(),
-        }
+        return lens_config(self, FORMAT, FORMAT_VERSION, "linear_tuned_lens", CONVENTION,
+                           **({"resid_mid_translators": True} if self.reads_resid_mid else {}))
 
 
 def _shipped_folder(name: str) -> Path | None:
@@ -312,7 +285,7 @@ def load_lens(
             f"({', '.join(sorted(SHIPPED_NAMES))}) or a folder holding config.json and "
             "params.safetensors (glt) or params.pt (tuned-lens)"
         )
-    if not (where / _PARAMS).is_file() and (where / "params.pt").is_file():
+    if not (where / PARAMS).is_file() and (where / "params.pt").is_file():
         return import_tuned_lens(where, model, allow_mismatch=allow_mismatch)
     cfg = read_json(where / "config.json", "lens config")
     if not isinstance(cfg, dict) or cfg.get("format") not in (FORMAT, JACOBIAN_FORMAT):
@@ -321,23 +294,23 @@ def load_lens(
             f"(format={cfg.get('format') if isinstance(cfg, dict) else None!r}):"
             " pass a folder written by TunedLens.save or JacobianLens.save, or a tuned-lens folder with params.pt"
         )
-    params = _read_params(where / _PARAMS)
+    params = _read_params(where / PARAMS)
     jacobian = cfg["format"] == JACOBIAN_FORMAT
     for key in ("jacobian",) if jacobian else ("weight", "bias"):
         if key not in params:
-            raise GltError(f"lens file {where / _PARAMS} lacks tensor {key!r}: save the lens again")
+            raise GltError(f"lens file {where / PARAMS} lacks tensor {key!r}: save the lens again")
     model = _resolve_model(model, cfg, where)
     unembed = Unembed.from_model(model)
     _check_fit(cfg, model, unembed, where, allow_mismatch)
     keep = {k: v for k, v in cfg.items() if k not in _DERIVED}
     if jacobian:
         return JacobianLens(unembed, int(model.cfg.n_layers), keep).set_jacobian(
-            params["jacobian"], residual_0=keep.get("residual_0", "identity"), source=f"lens file {where / _PARAMS}")
-    lens = _fill(TunedLens(unembed, int(model.cfg.n_layers), keep), params["weight"], params["bias"], where / _PARAMS)
+            params["jacobian"], residual_0=keep.get("residual_0", "identity"), source=f"lens file {where / PARAMS}")
+    lens = _fill(TunedLens(unembed, int(model.cfg.n_layers), keep), params["weight"], params["bias"], where / PARAMS)
     if ("mid_weight" in params) != ("mid_bias" in params):
-        raise GltError(f"lens file {where / _PARAMS} holds only one of mid_weight / mid_bias: save the lens again")
+        raise GltError(f"lens file {where / PARAMS} holds only one of mid_weight / mid_bias: save the lens again")
     if "mid_weight" in params:
-        lens.set_mid_translators(params["mid_weight"], params["mid_bias"], source=f"lens file {where / _PARAMS}")
+        lens.set_mid_translators(params["mid_weight"], params["mid_bias"], source=f"lens file {where / PARAMS}")
     return lens
 
 
