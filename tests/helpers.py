@@ -197,3 +197,10 @@ def assert_same_result(a, b, where=""):
         assert b != b, where
     else:
         assert a == b, where
+
+
+def save_tiny_jacobian_lens(model, folder: Path, seed: int = 1) -> Path:
+    """Save a random Jacobian lens for a tiny 3-block, d_model 28 model (``J = I + 0.3 noise``,
+    residual 0 fitted, 5 prompts recorded) to ``folder``."""
+    J = torch.eye(28) + 0.3 * torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(seed))
+    return glt.JacobianLens.from_model(model, {"n_prompts": 5}).set_jacobian(J, residual_0="fitted").save(folder)

@@ -3,11 +3,9 @@
 import json
 
 import pytest
-import torch
 
 import glt
 from glt.cli._main import main
-from glt.lenses._jacobian import JacobianLens
 
 TEXT = "the capital of france is"
 
@@ -15,13 +13,12 @@ TEXT = "the capital of france is"
 @pytest.fixture(scope="module")
 def folders(tiny_root, tmp_path_factory):
     """The tiny llama's folder, a random Jacobian lens folder and a tuned lens folder for it."""
-    from tests.helpers import make_tiny_folder
+    from tests.helpers import make_tiny_folder, save_tiny_jacobian_lens
 
     model_folder = make_tiny_folder("llama", tiny_root)
     model = glt.load_model(str(model_folder))
     out = tmp_path_factory.mktemp("lenses")
-    J = torch.eye(28) + 0.3 * torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(1))
-    JacobianLens.from_model(model).set_jacobian(J, residual_0="fitted").save(out / "jacobian")
+    save_tiny_jacobian_lens(model, out / "jacobian")
     glt.TunedLens.from_model(model).save(out / "tuned")
     return model_folder, out / "jacobian", out / "tuned"
 

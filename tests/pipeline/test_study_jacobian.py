@@ -4,12 +4,10 @@ import json
 
 import matplotlib
 import pytest
-import torch
 
 matplotlib.use("Agg")
 
 import glt  # noqa: E402
-from glt.lenses._jacobian import JacobianLens  # noqa: E402
 from glt.pipeline._run import run_study, study_config  # noqa: E402
 
 TINY_SIZES = {"gtr_texts": 4, "gtr_max_tokens": 12, "fact_items": 8, "freq_paragraphs": 20,
@@ -18,13 +16,12 @@ TINY_SIZES = {"gtr_texts": 4, "gtr_max_tokens": 12, "fact_items": 8, "freq_parag
 
 @pytest.fixture(scope="module")
 def folders(tiny_root, tmp_path_factory):
-    from tests.helpers import make_tiny_folder
+    from tests.helpers import make_tiny_folder, save_tiny_jacobian_lens
 
     model_folder = make_tiny_folder("llama", tiny_root)
     model = glt.load_model(str(model_folder))
     out = tmp_path_factory.mktemp("lenses")
-    J = torch.eye(28) + 0.3 * torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(1))
-    JacobianLens.from_model(model, {"n_prompts": 5}).set_jacobian(J, residual_0="fitted").save(out / "jacobian")
+    save_tiny_jacobian_lens(model, out / "jacobian")
     return model_folder, out / "jacobian"
 
 
