@@ -102,15 +102,8 @@ class TunedLens(LogitLens):
     ) -> "TunedLens":
         """Set block ``i``'s mid-residual translator to ``h + weight[i] h + bias[i]`` (``[out, in]``);
         GltError (naming ``source``) for other shapes or non-finite values. Returns the lens."""
-        d = self.d_model
-        if tuple(weight.shape) != (self.n_layers, d, d) or tuple(bias.shape) != (self.n_layers, d):
-            raise GltError(
-                f"{source}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} do not fit this lens, which "
-                f"needs [n_layers, d_model, d_model]={(self.n_layers, d, d)} and {(self.n_layers, d)}: fit them "
-                "for this model (glt.fit_least_squares(model, texts, resid_mid=True))"
-            )
-        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-            raise GltError(f"{source}: the mid translators hold NaN/inf values: fit them again")
+        _check_translators(self, weight, bias, f"{source}: the mid translators",
+                           "fit them for this model (glt.fit_least_squares(model, texts, resid_mid=True))")
         self.mid_weight = weight.detach().float().to(self.weight.device).clone()
         self.mid_bias = bias.detach().float().to(self.weight.device).clone()
         return self
@@ -226,16 +219,20 @@ def _read_params(file: Path) -> dict[str, Tensor]:
         ) from e
 
 
-def _fill(lens: TunedLens, weight: Tensor, bias: Tensor, file: Path) -> TunedLens:
-    want_w, want_b = tuple(lens.weight.shape), tuple(lens.bias.shape)
+def _check_translators(lens: TunedLens, weight: Tensor, bias: Tensor, what: str, fix: str) -> None:
+    """GltError (``what`` holds ..., then ``fix``) unless ``weight`` / ``bias`` are finite and shaped
+    ``[n_layers, d_model, d_model]`` / ``[n_layers, d_model]`` for ``lens``."""
+    want_w, want_b = (lens.n_layers, lens.d_model, lens.d_model), (lens.n_layers, lens.d_model)
     if tuple(weight.shape) != want_w or tuple(bias.shape) != want_b:
-        raise GltError(
-            f"lens file {file} holds weight {tuple(weight.shape)} and bias {tuple(bias.shape)} but "
-            f"config.json promises [n_layers, d_model, d_model]={want_w} and {want_b}: the folder "
-            "is inconsistent; save or export it again"
-        )
+        raise GltError(f"{what}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} do not fit this lens, "
+                       f"which needs [n_layers, d_model, d_model]={want_w} and {want_b}: {fix}")
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-        raise GltError(f"lens file {file} holds NaN/inf translator values: retrain or re-export it")
+        raise GltError(f"{what} hold NaN/inf values: {fix}")
+
+
+def _fill(lens: TunedLens, weight: Tensor, bias: Tensor, file: Path) -> TunedLens:
+    _check_translators(lens, weight, bias, f"lens file {file}: the translators",
+                       "the folder does not match its config.json; retrain, save or re-export the lens")
     with torch.no_grad():
         lens.weight.copy_(weight.float())
         lens.bias.copy_(bias.float())

@@ -218,7 +218,7 @@ def _corrupt_missing_key(d):
     (_corrupt_garbage_config, "config.json is corrupted"),
     (_corrupt_format, "not a glt lens"),
     (_corrupt_missing_params, "does not exist"),
-    (_corrupt_shapes, "inconsistent"),
+    (_corrupt_shapes, "do not fit this lens.*does not match its config.json"),
     (_corrupt_nan, "NaN"),
     (_corrupt_missing_key, "lacks tensor 'bias'"),
 ])
