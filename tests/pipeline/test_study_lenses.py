@@ -117,6 +117,18 @@ def test_a_manifest_written_before_lens_folders_existed_still_resumes(folders, t
 
 
 
+def _direct_split(model, lens, cfg, source):
+    """`glt.sublayer_split` called by hand on what the study's sublayer stage reads."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*truncated from")
+        ids = glt.tokenize(model, glt.wikipedia_paragraphs("heldout", max_paragraphs=cfg.gtr_texts), truncate=True)
+    texts = glt.wikipedia_paragraphs("all", max_paragraphs=cfg.freq_paragraphs)
+    freq = glt.TokenFrequency.from_texts(texts, model, corpus=WIKI_SOURCE, progress=False)
+    return glt.sublayer_split(model, lens, [x[: cfg.gtr_max_tokens] for x in ids], frequency=freq,
+                              max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=False,
+                              source=source)
+
+
 def test_the_sublayer_stage_reads_with_the_logit_lens_whatever_the_study_lenses(folders, tmp_path):
     model_folder, tuned, _ = folders
     cfg = _config(model_folder, str(tuned))
@@ -124,15 +136,7 @@ def test_the_sublayer_stage_reads_with_the_logit_lens_whatever_the_study_lenses(
     saved = glt.SublayerSplit.load(out / "data" / "sublayers.json")
     assert saved.lens == "logit" and saved.n_positions > 0
     model = glt.load_model(str(model_folder))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*truncated from")
-        ids = glt.tokenize(model, glt.wikipedia_paragraphs("heldout", max_paragraphs=cfg.gtr_texts), truncate=True)
-    texts = glt.wikipedia_paragraphs("all", max_paragraphs=cfg.freq_paragraphs)
-    freq = glt.TokenFrequency.from_texts(texts, model, corpus=WIKI_SOURCE, progress=False)
-    direct = glt.sublayer_split(model, None, [x[: cfg.gtr_max_tokens] for x in ids], frequency=freq,
-                                max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=False,
-                                source=saved.data_source)
-    assert_same_result(saved, direct)
+    assert_same_result(saved, _direct_split(model, None, cfg, saved.data_source))
     report = (out / "report.md").read_text()
     assert "## Inside a block: attention vs MLP" in report and "overturned by attention / by the MLP" in report
     assert (out / "figures" / "sublayers.png").is_file()
@@ -154,14 +158,6 @@ def test_the_sublayer_stage_also_reads_with_the_least_squares_lens_through_its_m
     model = glt.load_model(str(model_folder))
     lens = glt.least_squares_lens(model, resid_mid=True, log=lambda _: None, progress=False)
     assert lens.origin["reused"] and lens.reads_resid_mid  # the run cached the lens with its mid translators
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*truncated from")
-        ids = glt.tokenize(model, glt.wikipedia_paragraphs("heldout", max_paragraphs=cfg.gtr_texts), truncate=True)
-    texts = glt.wikipedia_paragraphs("all", max_paragraphs=cfg.freq_paragraphs)
-    freq = glt.TokenFrequency.from_texts(texts, model, corpus=WIKI_SOURCE, progress=False)
-    direct = glt.sublayer_split(model, lens, [x[: cfg.gtr_max_tokens] for x in ids], frequency=freq,
-                                max_positions=cfg.sublayer_positions, batch_size=cfg.batch_size, progress=False,
-                                source=ls.data_source)
-    assert_same_result(ls, direct)
+    assert_same_result(ls, _direct_split(model, lens, cfg, ls.data_source))
     assert not torch.equal(ls.top1, logit.top1)  # the mid and boundary translators move the read-out
     assert (out / "figures" / "sublayers_least_squares.png").is_file()
