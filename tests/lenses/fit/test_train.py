@@ -174,7 +174,8 @@ def test_least_squares_mid_translators_solve_their_own_normal_equations(tiny_lla
 
 def test_mid_translators_are_checked(tiny_llama):
     lens = TunedLens.from_model(tiny_llama)
-    with pytest.raises(glt.GltError, match=r"mine: the mid translators: weight \(3, 27, 27\) and bias \(3, 27\) do not fit this lens"):
+    with pytest.raises(glt.GltError, match=r"mine: the mid translators: weight \(3, 27, 27\) and bias "
+                                           r"\(3, 27\) do not fit this lens"):
         lens.set_mid_translators(torch.zeros(3, 27, 27), torch.zeros(3, 27), source="mine")
     with pytest.raises(glt.GltError, match="NaN/inf"):
         lens.set_mid_translators(torch.full((3, 28, 28), float("nan")), torch.zeros(3, 28))
