@@ -20,8 +20,8 @@ ASSETS_ROOT = Path(str(resources.files("glt") / "assets"))
 SHIPPED: dict[str, str] = {DEFAULT_MODEL_ID: "default", "smollm2-135m": "smollm2-135m"}
 #: The names users pass for the shipped models (`glt.load_model`, `glt.load_lens`, ``--model``).
 SHIPPED_NAMES: tuple[str, ...] = (DEFAULT_MODEL, "smollm2-135m")
-#: Names `glt.load_model` resolves to a shipped model (case-insensitive).
-_LOAD_NAMES = {DEFAULT_MODEL: DEFAULT_MODEL_ID, "smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m"}
+#: Names `glt.load_model` resolves to SmolLM2-135M (case-insensitive, as it does; "default" is exact).
+_SMOLLM2_NAMES = {"smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m"}
 
 
 def shipped_key(model: Any) -> str | None:
@@ -31,7 +31,10 @@ def shipped_key(model: Any) -> str | None:
         >>> shipped_key("default"), shipped_key("SmolLM2"), shipped_key("gpt2")
         ('default', 'smollm2-135m', None)
     """
-    name = _LOAD_NAMES.get(model.lower()) if isinstance(model, str) else model_name(model)
+    if isinstance(model, str):
+        name = DEFAULT_MODEL_ID if model == DEFAULT_MODEL else _SMOLLM2_NAMES.get(model.lower())
+    else:
+        name = model_name(model)
     return SHIPPED.get(name) if name else None
 
 

@@ -184,6 +184,8 @@ def test_from_readouts_errors(case):
     ({"text": 3}, "argument text must be str"),
     ({"lenses": "kaleidoscope"}, "lenses must be 'logit', 'tuned', a lens object"),
     ({"lenses": []}, "lenses is empty"),
+    ({"lenses": ["tuned"]}, r"lenses: 'tuned' is the tuned lens glt ships for the model, and none ships for "
+                            r"'tiny-llama': pass a lens object, e.g\. glt\.least_squares_lens\(model\)"),
     ({"lenses": ["logit", "logit"]}, "two lenses named 'logit'"),
     ({"targets": ["paris city"]}, r"targets\[0\]='paris city' is 2 tokens"),
     ({"targets": [101]}, r"targets\[0\] must be a token string or an id in \[0, 101\)"),
