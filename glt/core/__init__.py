@@ -6,8 +6,10 @@ atomic and never pickles: `_io` writes JSON and safetensors under a temporary na
 `_codec` is the one tagged, versioned format of every saved result, and `_paths` checks the paths
 glt reads and writes. `load_model` (`_models`) returns a TransformerLens model (the embedded
 Gemma 3 270M by default) and `capture_residuals` / `iter_residuals` (`_capture`) its residual
-stream as a `ResidualStack`. `_distributed` shards work over ``torch.distributed`` ranks, and
-`_meter` is the timing hook that capture and the read-out report to.
+stream as a `ResidualStack`; `_assets` says what ships inside glt for which model (a tuned lens
+and a frequency table each for the default model and SmolLM2-135M). `_distributed` shards work
+over ``torch.distributed`` ranks, and `_meter` is the timing hook that capture and the read-out
+report to.
 
 It imports nothing from the rest of glt but `glt._version` (which saved files record).
 """

@@ -1,7 +1,8 @@
 """Lenses: what turns a layer's residual into logits (the logit, tuned and Jacobian lenses).
 
 `Lens` is the contract every function taking a lens relies on (`glt.LogitLens` and
-`glt.TunedLens` satisfy it).
+`glt.TunedLens` satisfy it). The fitted lenses are saved as one kind of folder (`_folder`:
+``config.json`` + ``params.safetensors``, written atomically) that `glt.load_lens` reads.
 
 Fitting a tuned lens (least squares, KL training, evaluation) and a Jacobian lens lives in
 `glt.lenses.fit`.
