@@ -10,7 +10,8 @@ and by the MLP (``glt.sublayer_split``).
     python benchmarks/sublayer_split.py --lens least_squares --out benchmarks/out/sublayer_split_ls
 
 Writes ``split.json`` (the `glt.SublayerSplit`), ``per_block.csv``, ``summary.json`` and
-``split.png`` under ``--out``. Results: docs/concepts.md ("Inside a block: resid_mid").
+``split.png`` under ``--out``. Results: docs/concepts.md ("Inside a block: resid_mid") and
+``benchmarks/results/sublayer_split{,_least_squares}.json``.
 """
 
 import argparse
