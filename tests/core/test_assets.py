@@ -37,3 +37,10 @@ def test_a_build_without_assets_has_no_shipped_lens(monkeypatch, tmp_path):
     assert assets.shipped_lens_dir("default") is None and assets.shipped_lens_dir("gpt2") is None
     with pytest.raises(glt.GltError, match=r"the shipped 'smollm2-135m' lens is missing from this installation"):
         glt.load_lens("smollm2-135m")
+
+
+def test_the_shipped_assets_keep_the_wheel_under_pypi_s_100_mb_file_limit():
+    """Both float32 lenses (29.5 MB + 39.9 MB) and the tables make the wheel ~68 MB (lenses barely
+    compress); a third lens or a larger model's would need another home (an extra package)."""
+    total = sum(f.stat().st_size for f in assets.ASSETS_ROOT.rglob("*") if f.is_file())
+    assert total < 85_000_000, f"glt/assets holds {total / 1e6:.1f} MB"
