@@ -155,7 +155,7 @@ def plot_rank_curves(
             raise GltError("data holds no items: pass at least one category with ranks")
         axes.set_yscale("log")
         axes.set_ylabel(f"{ylabel}\n(1 = top-1; median, 25-75% band)")
-        set_layer_axis(axes, n_layers)
+        set_layer_axis(axes, n_layers, layer_labels=getattr(data, "layer_labels", None))
         axes.legend(title=f"{lens} lens" if lens else None)
         axes.set_title(title or "Rank over depth")
     return fig if ax is None else ax
@@ -337,7 +337,7 @@ def plot_token_heatmap(
         ids = as_numpy(readout.input_ids)[order]
         axes.set_xticks(range(n_pos), [_cell_text(decode(t), max_chars + 3) for t in ids],
                         rotation=45, ha="right", fontsize=8)
-        set_layer_axis(axes, n_layer - 1, axis="y")
+        set_layer_axis(axes, n_layer - 1, axis="y", layer_labels=getattr(readout, "layer_labels", None))
         axes.set_xlabel("input token (prediction of the next token shown in the cells)")
         axes.grid(False)
         fig.colorbar(im, ax=axes, label=clabel, fraction=0.04, pad=0.02)

@@ -138,19 +138,43 @@ def _tick_positions(n_layers: int, max_ticks: int = 13) -> list[int]:
     return ticks
 
 
-def set_layer_axis(ax: Any, n_layers: int, *, axis: str = "x", label: bool = True) -> None:
-    """Integer layer ticks (``emb`` at 0, always the final index) and the axis label."""
+#: The layer axis of a stack that also holds mid-block residuals (``resid_mid i``).
+MID_AXIS_LABEL = "residual (emb = embeddings; i = entering block i; mid i = inside block i, after attention)"
+
+
+def mid_tick_label(label: str) -> str:
+    """A stack label as a tick: ``emb``, the residual index, ``mid i`` for ``resid_mid i``, ``final``.
+
+    Example:
+        >>> [mid_tick_label(x) for x in ("embed", "resid_mid 0", "resid_pre 1", "final")]
+        ['emb', 'mid 0', '1', 'final']
+    """
+    if label == "embed":
+        return "emb"
+    return label.replace("resid_mid ", "mid ").replace("resid_pre ", "")
+
+
+def set_layer_axis(ax: Any, n_layers: int, *, axis: str = "x", label: bool = True,
+                   layer_labels: Sequence[str] | None = None) -> None:
+    """Integer layer ticks (``emb`` at 0, always the final index) and the axis label.
+
+    ``layer_labels`` (a stack's or read-out's, ``n_layers + 1`` of them) holding ``resid_mid i``
+    entries label the positions with them (`mid_tick_label`) instead of residual indices, which
+    they are not."""
     ticks = _tick_positions(int(n_layers))
     labels = layer_tick_labels(int(n_layers), ticks)
+    axis_label = LAYER_AXIS_LABEL
+    if layer_labels is not None and any(str(x).startswith("resid_mid") for x in layer_labels):
+        labels, axis_label = [mid_tick_label(str(layer_labels[t])) for t in ticks], MID_AXIS_LABEL
     if axis == "x":
         ax.set_xticks(ticks, labels)
         ax.set_xlim(-0.5, n_layers + 0.5)
         if label:
-            ax.set_xlabel(LAYER_AXIS_LABEL)
+            ax.set_xlabel(axis_label)
     else:
         ax.set_yticks(ticks, labels)
         if label:
-            ax.set_ylabel(LAYER_AXIS_LABEL)
+            ax.set_ylabel(axis_label)
 
 
 def new_figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:

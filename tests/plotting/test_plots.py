@@ -180,6 +180,20 @@ def test_token_heatmap_cells(color):
     render(fig)
 
 
+def test_resid_mid_readouts_are_labelled_by_site_not_by_residual_index(tiny_llama):
+    stack = glt.capture_residuals(tiny_llama, ["the capital of france is"], resid_mid=True)
+    r = glt.readout(stack, glt.LogitLens.from_model(tiny_llama), top_k=1)
+    ax = plot_token_heatmap(r).axes[0]
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks == ["emb", "mid 0", "1", "mid 1", "2", "mid 2", "final"]  # 7 rows: 2 n_layers + 1
+    assert "mid i = inside block i" in ax.get_ylabel()
+    ax = plot_rank_curves(r).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+    plain = glt.readout(glt.capture_residuals(tiny_llama, ["the capital of france is"]),
+                        glt.LogitLens.from_model(tiny_llama), top_k=1)
+    assert [t.get_text() for t in plot_token_heatmap(plain).axes[0].get_yticklabels()] == ["emb", "1", "2", "3"]
+
+
 def test_token_heatmap_bad_input():
     with pytest.raises(glt.GltError):
         plot_token_heatmap(make_readout(), color="entropy")
