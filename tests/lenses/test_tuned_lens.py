@@ -304,35 +304,11 @@ def test_shipped_report_claims_hold_in_its_heldout_evaluation(name):
         torch.testing.assert_close(torch.tensor(heldout["kl_mean"][name]), ev.kl[i].mean(-1))
 
 
-@pytest.mark.integration
-def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
+def _beats_the_logit_lens(model, lens):
+    """Read positions 1-8 of three held-out paragraphs with ``lens`` and the logit lens; assert the
+    lens's mean KL to the final layer is lower at every layer but the last; return both read-outs."""
     from glt.data._wikipedia import wikipedia_paragraphs
 
-    lens = load_lens("default", default_model)
-    assert lens.n_layers == 18 and lens.config["model_load_name"] == "default"
-    texts = [" ".join(p.split()[:40]) for p in wikipedia_paragraphs("heldout", max_paragraphs=40)[-3:]]
-    stack = glt.capture_residuals(default_model, texts)
-    mask = stack.mask.clone()
-    mask[:, 0] = False  # BOS
-    mask[:, 9:] = False
-    tuned = glt.readout(stack, lens, positions=mask)
-    logit = glt.readout(stack, LogitLens.from_model(default_model), positions=mask)
-    assert tuned.n_rows >= 24
-    kl_t, kl_l = tuned.kl_to_final.mean(1), logit.kl_to_final.mean(1)
-    assert bool((kl_t[:-1] < kl_l[:-1]).all()), (kl_t, kl_l)
-    assert torch.equal(tuned.top1[-1], logit.top1[-1])
-    bf16 = glt.load_model(dtype=torch.bfloat16)  # the shipped lens fits the model in bfloat16 too
-    assert load_lens("default", bf16).unembed.W.dtype == torch.bfloat16
-
-
-@pytest.mark.integration
-def test_smollm2_lens_loads_by_name_and_beats_the_logit_lens_on_heldout_positions():
-    from glt.data._wikipedia import wikipedia_paragraphs
-
-    model = glt.load_model("smollm2-135m")
-    lens = load_lens("smollm2", model)  # the load_model aliases name the shipped lens too
-    assert lens.n_layers == 30 and lens.config["model_load_name"] == "smollm2-135m"
-    assert load_lens("smollm2-135m").config == lens.config  # without a model: loads the one it names
     texts = [" ".join(p.split()[:40]) for p in wikipedia_paragraphs("heldout", max_paragraphs=40)[-3:]]
     stack = glt.capture_residuals(model, texts)
     mask = stack.mask.clone()
@@ -343,6 +319,26 @@ def test_smollm2_lens_loads_by_name_and_beats_the_logit_lens_on_heldout_position
     assert tuned.n_rows >= 24
     kl_t, kl_l = tuned.kl_to_final.mean(1), logit.kl_to_final.mean(1)
     assert bool((kl_t[:-1] < kl_l[:-1]).all()), (kl_t, kl_l)
+    return tuned, logit
+
+
+@pytest.mark.integration
+def test_default_lens_beats_logit_lens_on_heldout_positions(default_model):
+    lens = load_lens("default", default_model)
+    assert lens.n_layers == 18 and lens.config["model_load_name"] == "default"
+    tuned, logit = _beats_the_logit_lens(default_model, lens)
+    assert torch.equal(tuned.top1[-1], logit.top1[-1])
+    bf16 = glt.load_model(dtype=torch.bfloat16)  # the shipped lens fits the model in bfloat16 too
+    assert load_lens("default", bf16).unembed.W.dtype == torch.bfloat16
+
+
+@pytest.mark.integration
+def test_smollm2_lens_loads_by_name_and_beats_the_logit_lens_on_heldout_positions():
+    model = glt.load_model("smollm2-135m")
+    lens = load_lens("smollm2", model)  # the load_model aliases name the shipped lens too
+    assert lens.n_layers == 30 and lens.config["model_load_name"] == "smollm2-135m"
+    assert load_lens("smollm2-135m").config == lens.config  # without a model: loads the one it names
+    _beats_the_logit_lens(model, lens)
     with pytest.raises(glt.GltError, match="was trained for d_model=576 but the model has d_model=640"):
         load_lens("smollm2-135m", glt.load_model("default"))
 
