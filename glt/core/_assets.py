@@ -12,7 +12,7 @@ from typing import Any
 
 from glt.core._models import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_name
 
-__all__ = ["SHIPPED", "SHIPPED_NAMES", "asset_dir", "shipped_key", "shipped_lens_dir"]
+__all__ = ["SHIPPED", "SHIPPED_NAMES", "asset_dir", "shipped_frequency_dir", "shipped_key", "shipped_lens_dir"]
 
 #: Where the shipped assets are (inside the installed package).
 ASSETS_ROOT = Path(str(resources.files("glt") / "assets"))
@@ -43,8 +43,17 @@ def asset_dir(kind: str, key: str) -> Path:
     return ASSETS_ROOT / kind / key
 
 
+def _shipped(kind: str, model: Any, marker: str) -> Path | None:
+    key = shipped_key(model)
+    folder = asset_dir(kind, key) if key else None
+    return folder if folder is not None and (folder / marker).is_file() else None
+
+
 def shipped_lens_dir(model: Any) -> Path | None:
     """The shipped tuned lens folder of ``model``, None when none ships (or the build lacks it)."""
-    key = shipped_key(model)
-    folder = asset_dir("lenses", key) if key else None
-    return folder if folder is not None and (folder / "config.json").is_file() else None
+    return _shipped("lenses", model, "config.json")
+
+
+def shipped_frequency_dir(model: Any) -> Path | None:
+    """The shipped token-frequency table folder of ``model``, None when none ships (or the build lacks it)."""
+    return _shipped("frequency", model, "frequency.json")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key, shipped_lens_dir
+from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_frequency_dir, shipped_key, shipped_lens_dir
 from glt.core._capture import has_resid_mid
 from glt.core._errors import GltError
 from glt.core._io import read_json
@@ -23,8 +23,9 @@ from glt.lenses._protocol import Lens
 from glt.lenses._tuned import TunedLens, load_lens
 from glt.lenses.fit._cached import least_squares_lens
 
-__all__ = ["StudyContext", "default_lens_name", "lens_folder_kind", "load_jacobian_lens", "load_tuned_lens",
-           "no_shipped_lens"]
+__all__ = ["StudyContext", "default_lens_name", "lens_folder", "lens_folder_kind", "load_jacobian_lens",
+           "load_tuned_lens", "no_shipped_lens", "reads_resid_mid"]
+
 
 def default_lens_name(model: str = "default") -> str:
     """``"tuned"`` when a tuned lens ships for ``model`` (a `glt.load_model` name: the default
@@ -36,7 +37,8 @@ def default_lens_name(model: str = "default") -> str:
 def no_shipped_lens(model: Any, option: str = "--lens tuned") -> GltError:
     """The error for asking for the shipped tuned lens of a model that has none."""
     name = model if isinstance(model, str) else model_name(model)
-    why = (f"this glt build lacks it ({asset_dir('lenses', shipped_key(model))} is missing)" if shipped_key(model)
+    key = shipped_key(model)
+    why = (f"this glt build lacks it ({asset_dir('lenses', key)} is missing)" if key
            else f"glt ships tuned lenses for {' and '.join(repr(n) for n in SHIPPED_NAMES)} only, not for {name!r}")
     return GltError(
         f"{option}: {why}: pass --lens least_squares (fitted on the spot and cached) or --lens logit, "
@@ -61,6 +63,32 @@ def lens_folder_kind(path: str) -> str:
     cfg_file = Path(path).expanduser() / "config.json"
     cfg = read_json(cfg_file, "lens config") if cfg_file.is_file() else {}
     return "jacobian" if isinstance(cfg, dict) and cfg.get("format") == JACOBIAN_FORMAT else "tuned"
+
+
+def lens_folder(config: Any, kind: str) -> str | None:
+    """The folder a run reads the ``kind`` lens (``"tuned"`` or ``"jacobian"``) from: the one of
+    ``config.lens_folders`` holding that kind, else ``config.lens_path`` if it holds it (a Jacobian
+    lens at ``lens_path`` also answers for ``"jacobian"`` alone), else None (the shipped lens)."""
+    for path in getattr(config, "lens_folders", ()):
+        if lens_folder_kind(path) == kind:
+            return path
+    path = config.lens_path
+    if path is not None and (lens_folder_kind(path) == kind or kind == "jacobian"):
+        return path
+    return None
+
+
+def reads_resid_mid(config: Any, name: str) -> bool:
+    """Whether the run's ``name`` lens has ``resid_mid`` translators: the least-squares lens (the run
+    fits them with it), a tuned lens folder saved with them (``resid_mid_translators`` in its
+    ``config.json``); not the logit lens's name (it needs none), a shipped KL-trained lens or a
+    Jacobian lens."""
+    if name == "least_squares":
+        return True
+    folder = lens_folder(config, "tuned") if name == "tuned" else None
+    cfg_file = Path(folder).expanduser() / "config.json" if folder is not None else None
+    cfg = read_json(cfg_file, "lens config") if cfg_file is not None and cfg_file.is_file() else {}
+    return isinstance(cfg, dict) and cfg.get("resid_mid_translators") is True
 
 
 def load_jacobian_lens(model: Any, path: str | None) -> JacobianLens:
@@ -118,26 +146,17 @@ class StudyContext:
         return self._lenses[name]
 
     def folder(self, kind: str) -> str | None:
-        """The folder the ``kind`` lens (``"tuned"`` or ``"jacobian"``) is read from: the one of
-        ``config.lens_folders`` holding that kind, else ``config.lens_path`` if it holds it (a
-        Jacobian lens at ``lens_path`` also answers for ``"jacobian"`` alone), else None (the
-        shipped lens)."""
-        for path in getattr(self.config, "lens_folders", ()):
-            if lens_folder_kind(path) == kind:
-                return path
-        path = self.config.lens_path
-        if path is not None and (lens_folder_kind(path) == kind or kind == "jacobian"):
-            return path
-        return None
+        """The folder the ``kind`` lens is read from (`lens_folder`)."""
+        return lens_folder(self.config, kind)
 
     def frequency(self) -> Any:
         """The shipped table of the model (default model, SmolLM2-135M), else one counted on the
         Wikipedia sample."""
         if self._freq is None:
             t0 = time.perf_counter()
-            key = shipped_key(self.config.model)
-            if key is not None and (asset_dir("frequency", key) / "frequency.json").is_file():
-                self._freq = load_frequency(key)
+            folder = shipped_frequency_dir(self.config.model)
+            if folder is not None:
+                self._freq = load_frequency(folder)
             else:
                 texts = wikipedia_paragraphs("all", max_paragraphs=self.config.freq_paragraphs)
                 self._freq = TokenFrequency.from_texts(texts, self.model, corpus=WIKI_SOURCE,

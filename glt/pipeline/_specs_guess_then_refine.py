@@ -18,7 +18,7 @@ from glt.data._frequency import DEFAULT_EDGES, EXCLUDED, bucket_labels
 from glt.data._wikipedia import WIKI_SOURCE
 from glt.decoding._readout import Readout
 from glt.lenses._logit import LogitLens
-from glt.pipeline._context import StudyContext
+from glt.pipeline._context import StudyContext, reads_resid_mid
 from glt.pipeline._stages import Stage, StudySpec, each_stage, fmt, pct
 from glt.plotting._curves import plot_side_by_side
 from glt.studies.early_exit import EarlyExitResult, plot_early_exit
@@ -168,9 +168,11 @@ def early_exit_spec() -> StudySpec:
 
 # ---------------------------------------------------------------- inside a block: attention vs MLP
 def _sublayer_lenses(config: Any) -> list[str | None]:
-    """The sublayer stage's variants: the logit lens (stage ``sublayers``), and the least-squares lens
-    (``sublayers_least_squares``, its mid translators fitted with it) when the run reads with it."""
-    return [None] + (["least_squares"] if "least_squares" in config.lenses else [])
+    """The sublayer stage's variants: the logit lens (stage ``sublayers``), and each lens of the run
+    with ``resid_mid`` translators (`reads_resid_mid`): the least-squares lens
+    (``sublayers_least_squares``, its mid translators fitted with it), a tuned lens folder saved with
+    them (``sublayers_tuned``)."""
+    return [None] + [name for name in config.lenses if name != "logit" and reads_resid_mid(config, name)]
 
 
 def _run_sublayers(ctx: StudyContext, stage: Stage) -> Any:
@@ -201,15 +203,15 @@ def _sublayer_head(res: Any) -> list[tuple[str, str]]:
 
 
 def sublayer_spec() -> StudySpec:
-    """The sublayer split (attention vs MLP) of the early guesses, with the logit lens (and the
-    least-squares lens when the run reads with it)."""
+    """The sublayer split (attention vs MLP) of the early guesses, with the logit lens (and each lens
+    of the run with ``resid_mid`` translators)."""
     return StudySpec(
         "sublayers", "Inside a block: attention vs MLP", each_stage(_run_sublayers), SublayerSplit.load,
         lambda r: {"": r.to_dataframe()}, lambda results: {s.name: plot_sublayer_split(res)
                                                            for s, res in results.items()},
         _sublayer_head, per_lens=False, variants=_sublayer_lenses, needs_frequency=True, key_rows=(0, 2),
         description="Each block read at its input, after attention (resid_mid) and at its output, with the logit "
-        "lens, and with the least-squares lens when the run reads with it (its resid_mid translators are fitted "
-        "with it; a KL-trained tuned lens and the Jacobian lens have none). A guess = a top-1 in the top frequency "
-        "bucket that differs from the final top-1; its fate: removed by attention, by the MLP, restored by the MLP, "
-        "or kept.")
+        "lens, and with each lens of the run that has resid_mid translators: the least-squares lens (fitted with "
+        "it) or a tuned lens folder saved with them (the shipped KL-trained lenses and the Jacobian lens have "
+        "none). A guess = a top-1 in the top frequency bucket that differs from the final top-1; its fate: removed "
+        "by attention, by the MLP, restored by the MLP, or kept.")

@@ -161,3 +161,22 @@ def test_the_sublayer_stage_also_reads_with_the_least_squares_lens_through_its_m
     assert_same_result(ls, _direct_split(model, lens, cfg, ls.data_source))
     assert not torch.equal(ls.top1, logit.top1)  # the mid and boundary translators move the read-out
     assert (out / "figures" / "sublayers_least_squares.png").is_file()
+
+
+def test_the_sublayer_stage_reads_with_a_tuned_lens_folder_saved_with_mid_translators(folders, tmp_path):
+    model_folder, tuned, _ = folders
+    model = glt.load_model(str(model_folder))
+    lens = glt.load_lens(tuned, model)
+    n, d = lens.weight.shape[0], lens.weight.shape[-1]
+    gen = torch.Generator().manual_seed(5)
+    lens.set_mid_translators(0.3 * torch.randn(n, d, d, generator=gen), 0.3 * torch.randn(n, d, generator=gen))
+    lens.save(tmp_path / "with mid")
+    cfg = _config(model_folder, f"logit,{tmp_path / 'with mid'}")
+    assert [s.name for s in plan_stages(cfg, ["sublayers"])] == ["sublayers", "sublayers_tuned"]
+    # a tuned lens folder without them (here the fixture's) adds no variant: it cannot read resid_mid
+    assert [s.name for s in plan_stages(_config(model_folder, f"logit,{tuned}"), ["sublayers"])] == ["sublayers"]
+    out = run_study(cfg, tmp_path / "s", stages=["sublayers"], progress=False)
+    saved = glt.SublayerSplit.load(out / "data" / "sublayers_tuned.json")
+    assert saved.lens == "tuned" and saved.n_positions > 0
+    assert_same_result(saved, _direct_split(model, glt.load_lens(tmp_path / "with mid", model), cfg,
+                                            saved.data_source))

@@ -3,7 +3,7 @@
 `run_guess_then_refine` and `sublayer_split` accept the same ``texts`` (strings, tokenised as
 `glt.tokenize` does, or token id lists, checked against the vocabulary) and the same
 ``frequency`` (a `glt.TokenFrequency`, a name or folder for `glt.load_frequency`, or None for the
-table shipped with the default model).
+table shipped for the model: the default model or SmolLM2-135M).
 """
 
 import os
@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from glt.core._assets import SHIPPED_NAMES, shipped_key
+from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_frequency_dir, shipped_key
 from glt.core._capture import model_tokenizer
 from glt.core._errors import GltError
 from glt.core._models import model_name
@@ -40,13 +40,17 @@ def token_ids(model: Any, text: Any, i: int) -> list[int]:
 def resolve_frequency(model: Any, frequency: Any, d_vocab: int) -> TokenFrequency:
     """The `glt.TokenFrequency` that ``frequency`` names, checked to cover ``d_vocab`` token ids."""
     if frequency is None:
-        key = shipped_key(model)
-        if key is None:
+        folder = shipped_frequency_dir(model)
+        if folder is None:
+            key = shipped_key(model)
+            why = (f"this glt build lacks the table shipped for {model_name(model)!r} ({asset_dir('frequency', key)} "
+                   "is missing)" if key else
+                   f"glt ships tables for {' and '.join(SHIPPED_NAMES)} only, not for {model_name(model)!r}")
             raise GltError(
-                f"frequency: glt ships tables for {' and '.join(SHIPPED_NAMES)} only, not for {model_name(model)!r}: "
-                "build one with glt.TokenFrequency.from_texts(glt.wikipedia_paragraphs(), model) and pass frequency=..."
+                f"frequency: {why}: build one with glt.TokenFrequency.from_texts(glt.wikipedia_paragraphs(), model) "
+                "and pass frequency=..."
             )
-        frequency = load_frequency(key)
+        frequency = load_frequency(folder)
     elif isinstance(frequency, (str, os.PathLike)):
         frequency = load_frequency(frequency)
     if not isinstance(frequency, TokenFrequency):
