@@ -17,6 +17,7 @@ when its largest value over the residuals is below ``--tolerance`` (default 5%).
 """
 
 import argparse
+import math
 import time
 import warnings
 from pathlib import Path
@@ -80,31 +81,54 @@ def report(model, args) -> int:
     if args.model == "default":
         lenses["tuned"] = load_lens("default", model)
     lenses.update(jacobian=whole, **halves)
+    # the stability curve: the first k shards of each half, k = 1 .. (the whole halves come last)
+    pairs = min(len(shards[0::2]), len(shards[1::2]))
+    for k in range(1, pairs):
+        lenses[f"curve_a{k}"] = merge_jacobian_lenses(shards[0::2][:k])
+        lenses[f"curve_b{k}"] = merge_jacobian_lenses(shards[1::2][:k])
     held = [" ".join(p.split()[:48]) for p in wikipedia_paragraphs("heldout")[: args.eval_paras]]
     ev = evaluate_lens(model, lenses, held, max_rows=args.eval_rows, seed=0, progress=not args.no_progress,
                        data_name=f"{WIKI_SOURCE} held-out split, paragraphs 0..{args.eval_paras - 1} (first 48 words)")
     kl = {name: ev.kl[i].mean(-1) for i, name in enumerate(ev.lenses)}
+    main = [name for name in ev.lenses if not name.startswith("curve_")]
+    heldout = summarize(ev)
+    for key in ("kl_mean", "ce_mean"):
+        heldout[key] = {name: v for name, v in heldout[key].items() if name in main}
     n = int(model.cfg.n_layers)
-    rel = [float(abs(kl["jacobian_a"][i] - kl["jacobian_b"][i]) / max(float(kl["jacobian"][i]), 1e-9))
-           for i in range(n)]
+
+    def rel_diff(a: str, b: str) -> list[float]:
+        return [float(abs(kl[a][i] - kl[b][i]) / max(float(kl["jacobian"][i]), 1e-9)) for i in range(n)]
+
+    rel = rel_diff("jacobian_a", "jacobian_b")
+    shard_texts = shards[0].config["n_prompts"]
+    curve = [{"texts_per_half": k * shard_texts, "max": max(r), "mean": sum(r) / n}
+             for k, r in ((k, rel_diff(f"curve_a{k}", f"curve_b{k}")) for k in range(1, pairs))]
+    curve.append({"texts_per_half": min(info_n := [h.config["n_prompts"] for h in halves.values()]),
+                  "max": max(rel), "mean": sum(rel) / n})
+    # if the halves' difference shrinks like 1/sqrt(texts), the texts per half that reach the tolerance
+    needed = math.ceil(curve[-1]["texts_per_half"] * (max(rel) / args.tolerance) ** 2)
     info = {"model": args.model, "n_prompts": whole.config["n_prompts"], "fit": whole.config["fit"],
-            "half_prompts": [h.config["n_prompts"] for h in halves.values()],
+            "half_prompts": info_n,
             "stability_relative_kl_difference": rel, "stable": max(rel) < args.tolerance,
-            "tolerance": args.tolerance, "heldout": summarize(ev)}
+            "stability_curve": curve, "texts_per_half_for_tolerance_if_1_over_sqrt": needed,
+            "tolerance": args.tolerance, "heldout": heldout}
     md = ["# Jacobian lens: fit and held-out KL", "",
           f"- model: {args.model}; {info['n_prompts']} texts of {whole.config['fit']['max_seq_len']} tokens "
           f"({whole.config['fit']['tokens']} tokens), {whole.config['fit']['seconds'] / 3600:.2f} h of fitting "
           f"({whole.config['fit']['seconds_per_text']:.0f} s per text)",
           f"- held-out: {ev.n_rows} positions of {len(held)} paragraphs; halves: {info['half_prompts']} texts",
           f"- stability: max over residuals of |KL(A) - KL(B)| / KL(all) = {max(rel):.3f} "
-          f"({'stable' if info['stable'] else 'not yet stable'} at tolerance {args.tolerance})", "",
-          "| residual | " + " | ".join(ev.lenses) + " | halves rel. diff |",
-          "|---|" + "---|" * (len(ev.lenses) + 1)]
+          f"({'stable' if info['stable'] else 'not yet stable'} at tolerance {args.tolerance}); if the "
+          f"difference shrinks like 1/sqrt(texts), {needed} texts per half reach it", "",
+          "| texts per half | max rel. diff | mean rel. diff |", "|---|---|---|",
+          *(f"| {c['texts_per_half']} | {c['max']:.3f} | {c['mean']:.3f} |" for c in curve), "",
+          "| residual | " + " | ".join(main) + " | halves rel. diff |",
+          "|---|" + "---|" * (len(main) + 1)]
     for i, label in enumerate(ev.layer_labels):
-        cells = " | ".join(f"{float(kl[name][i]):.3f}" for name in ev.lenses)
+        cells = " | ".join(f"{float(kl[name][i]):.3f}" for name in main)
         md.append(f"| {label} | {cells} | {rel[i]:.3f} |" if i < n else f"| {label} | {cells} | - |")
     text = "\n".join(md) + "\n"
-    whole.config["heldout"] = summarize(ev)
+    whole.config["heldout"] = heldout
     whole.save(args.out, extra_files={"report.json": info, "eval.json": ev.to_json()})
     atomic_write_text(Path(args.out) / "report.md", text)
     print(text)

@@ -37,6 +37,19 @@ def test_fit_in_shards_resume_and_report(tiny_root, tmp_path, monkeypatch):
     assert lens.config["n_prompts"] == 4 and report["half_prompts"] == [2, 2]
     assert len(report["stability_relative_kl_difference"]) == 3 and "| embed |" in (out / "report.md").read_text()
     assert set(report["heldout"]["kl_mean"]) == {"logit", "least_squares", "jacobian", "jacobian_a", "jacobian_b"}
+    # the stability curve: 1 text per half (shard 0 vs shard 1), then the halves (2 texts each)
+    curve = report["stability_curve"]
+    assert [c["texts_per_half"] for c in curve] == [1, 2]
+    assert curve[-1]["max"] == max(report["stability_relative_kl_difference"])
+    ev = glt.evaluate_lens(model, {"jacobian": lens, "a": glt.load_lens(work / "shards" / "000", model),
+                                   "b": glt.load_lens(work / "shards" / "001", model)},
+                           [" ".join(p.split()[:48]) for p in glt.wikipedia_paragraphs("heldout")[:6]],
+                           max_rows=24, seed=0, progress=False)
+    kl = ev.kl.mean(-1)[:, :3]
+    one = ((kl[1] - kl[2]).abs() / kl[0].clamp_min(1e-9)).tolist()
+    assert abs(curve[0]["max"] - max(one)) < 1e-4 and abs(curve[0]["mean"] - sum(one) / 3) < 1e-4
+    assert report["texts_per_half_for_tolerance_if_1_over_sqrt"] >= 2 or curve[-1]["max"] < 0.05
+    assert "| texts per half | max rel. diff |" in (out / "report.md").read_text()
     texts = script.corpus(model, 4, 24)  # the merged shards equal one fit on every text
     whole = fit_jacobian_lens(model, texts, max_seq_len=24, skip_first_positions=2, progress=False)
     torch.testing.assert_close(lens.jacobian, whole.jacobian, rtol=1e-5, atol=1e-6)
