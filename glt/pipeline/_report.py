@@ -221,7 +221,11 @@ def write_report(out: Path, *, config: Any, plan: list[Any], results: dict[str, 
     plot_s = time.perf_counter() - t0
     prov_path = out / "provenance.json"
     if ctx.loaded:
-        write_json(prov_path, provenance(ctx))
+        # a resumed stage's provenance (its lens, the frequency table) is what the earlier run wrote:
+        # keep it beside what this run loaded
+        kept = any(r.get("status") == "resumed" for r in records.values()) and prov_path.is_file()
+        earlier = read_json(prov_path, "study provenance") if kept else {}
+        write_json(prov_path, {**(earlier if isinstance(earlier, dict) else {}), **provenance(ctx)})
     prov = read_json(prov_path, "study provenance") if prov_path.is_file() else {}
     env = environment()
 

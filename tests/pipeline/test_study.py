@@ -220,6 +220,9 @@ def test_run_study_writes_everything_and_resumes(tiny_folder, tmp_path):
     summary = json.loads((out / "timings" / "summary.json").read_text())
     assert summary["stages"]["facts_logit"]["status"] == "computed"
     assert summary["stages"]["guess_refine_logit"]["status"] == "resumed"
+    # that run loaded the model but not the frequency table: the resumed stages' provenance stays
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "frequency table" in prov and prov["model"]
 
 
 def test_failed_stage_is_reported_not_fatal(tiny_folder, tmp_path):
