@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from glt.core._assets import shipped_key
 from glt.core._capture import iter_residuals
 from glt.core._check import checked
 from glt.core._errors import GltError
@@ -171,6 +172,9 @@ def _train_estimate(rate: dict[str, float], fit_s: float, fit_tokens: int) -> di
 
 
 def _advice(lens: LeastSquaresLens, model_arg: str) -> str:
+    if shipped_key(model_arg) is not None:  # the default model and SmolLM2-135M have one already
+        return (f"glt: a KL-trained tuned lens ships for {model_arg!r} and fits better: pass --lens tuned, or "
+                f"glt.load_lens({model_arg!r}, model) in Python")
     spot = lens.config["on_the_spot"]
     est, rate = spot["kl_training_estimate"], spot["rates"]
     return (f"glt: a KL-trained lens fits better (on the default model by 0.03-0.85 nats of held-out KL "

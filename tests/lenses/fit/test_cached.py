@@ -100,3 +100,11 @@ def test_resid_mid_refits_an_entry_without_mid_translators_and_that_entry_serves
         again = fit(tiny_llama, [], resid_mid=resid_mid)
         assert again.origin["reused"] and again.reads_resid_mid
         assert torch.equal(again.mid_weight, mid.mid_weight) and torch.equal(again.mid_bias, mid.mid_bias)
+
+
+def test_the_advice_points_a_model_with_a_shipped_tuned_lens_to_it(tiny_llama, cache):
+    """For the default model and SmolLM2-135M the KL-trained lens ships: no `glt lens train` estimate."""
+    log = []
+    fit(tiny_llama, log, model_arg="smollm2-135m")  # the name as the user typed it: a shipped model
+    assert "a KL-trained tuned lens ships for 'smollm2-135m'" in log[-1] and "--lens tuned" in log[-1]
+    assert "glt lens train" not in log[-1]
