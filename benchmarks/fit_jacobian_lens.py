@@ -12,8 +12,11 @@ texts), and evaluates on held-out paragraphs (other articles) the logit lens, th
 lens (`glt.lenses.fit._cached`, cached), the shipped tuned lens (default model only), the merged
 Jacobian lens and the two lenses fitted on disjoint halves of the shards (even / odd). Stability:
 per residual, ``|KL(half A) - KL(half B)| / KL(all)`` on the same rows; the lens counts as stable
-when its largest value over the residuals is below ``--tolerance`` (default 5%). The lens folder
-``--out`` holds the merged lens with ``report.json``, ``report.md`` and ``eval.json``.
+when its largest value over the residuals is below ``--tolerance`` (default 5%). The stability
+curve repeats that for the first 1, 2, 4, ... shards of each half; the texts per half the tolerance
+needs are extrapolated twice: assuming the difference falls like 1/sqrt(texts), and along the
+power law fitted to the curve (log-log least squares). The lens folder ``--out`` holds the merged
+lens with ``report.json``, ``report.md`` and ``eval.json``.
 """
 
 import argparse
@@ -68,6 +71,19 @@ def fit(model, args) -> int:
     return 0
 
 
+def power_law(curve: list[dict], tolerance: float) -> tuple[float | None, int | None]:
+    """The least-squares slope of log(max rel. diff) on log(texts per half), and the texts per half
+    where that line reaches ``tolerance`` (None without two points or when the curve does not fall)."""
+    pts = [(math.log(c["texts_per_half"]), math.log(c["max"])) for c in curve if c["max"] > 0]
+    if len({x for x, _ in pts}) < 2:
+        return None, None
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    if slope >= 0:
+        return slope, None
+    return slope, math.ceil(math.exp(mx + (math.log(tolerance) - my) / slope) - 1e-9)  # 64.0000001 is 64
+
+
 def report(model, args) -> int:
     folders = sorted(p for p in (args.work / "shards").iterdir() if (p / "config.json").is_file())
     if len(folders) < 2:
@@ -81,9 +97,10 @@ def report(model, args) -> int:
     if args.model == "default":
         lenses["tuned"] = load_lens("default", model)
     lenses.update(jacobian=whole, **halves)
-    # the stability curve: the first k shards of each half, k = 1 .. (the whole halves come last)
+    # the stability curve: the first k shards of each half, k = 1, 2, 4, ... (the whole halves come last)
     pairs = min(len(shards[0::2]), len(shards[1::2]))
-    for k in range(1, pairs):
+    ks = [2**j for j in range(pairs.bit_length()) if 2**j < pairs]
+    for k in ks:
         lenses[f"curve_a{k}"] = merge_jacobian_lenses(shards[0::2][:k])
         lenses[f"curve_b{k}"] = merge_jacobian_lenses(shards[1::2][:k])
     held = [" ".join(p.split()[:48]) for p in wikipedia_paragraphs("heldout")[: args.eval_paras]]
@@ -102,15 +119,17 @@ def report(model, args) -> int:
     rel = rel_diff("jacobian_a", "jacobian_b")
     shard_texts = shards[0].config["n_prompts"]
     curve = [{"texts_per_half": k * shard_texts, "max": max(r), "mean": sum(r) / n}
-             for k, r in ((k, rel_diff(f"curve_a{k}", f"curve_b{k}")) for k in range(1, pairs))]
+             for k, r in ((k, rel_diff(f"curve_a{k}", f"curve_b{k}")) for k in ks)]
     curve.append({"texts_per_half": min(info_n := [h.config["n_prompts"] for h in halves.values()]),
                   "max": max(rel), "mean": sum(rel) / n})
     # if the halves' difference shrinks like 1/sqrt(texts), the texts per half that reach the tolerance
     needed = math.ceil(curve[-1]["texts_per_half"] * (max(rel) / args.tolerance) ** 2)
+    slope, needed_fit = power_law(curve, args.tolerance)
     info = {"model": args.model, "n_prompts": whole.config["n_prompts"], "fit": whole.config["fit"],
             "half_prompts": info_n,
             "stability_relative_kl_difference": rel, "stable": max(rel) < args.tolerance,
             "stability_curve": curve, "texts_per_half_for_tolerance_if_1_over_sqrt": needed,
+            "curve_log_log_slope": slope, "texts_per_half_for_tolerance_fitted_power_law": needed_fit,
             "tolerance": args.tolerance, "heldout": heldout}
     md = ["# Jacobian lens: fit and held-out KL", "",
           f"- model: {args.model}; {info['n_prompts']} texts of {whole.config['fit']['max_seq_len']} tokens "
@@ -119,7 +138,9 @@ def report(model, args) -> int:
           f"- held-out: {ev.n_rows} positions of {len(held)} paragraphs; halves: {info['half_prompts']} texts",
           f"- stability: max over residuals of |KL(A) - KL(B)| / KL(all) = {max(rel):.3f} "
           f"({'stable' if info['stable'] else 'not yet stable'} at tolerance {args.tolerance}); if the "
-          f"difference shrinks like 1/sqrt(texts), {needed} texts per half reach it", "",
+          f"difference shrinks like 1/sqrt(texts), {needed} texts per half reach it; the curve's own power "
+          f"law (log-log slope {'-' if slope is None else f'{slope:.2f}'}) says "
+          f"{'-' if needed_fit is None else needed_fit}", "",
           "| texts per half | max rel. diff | mean rel. diff |", "|---|---|---|",
           *(f"| {c['texts_per_half']} | {c['max']:.3f} | {c['mean']:.3f} |" for c in curve), "",
           "| residual | " + " | ".join(main) + " | halves rel. diff |",

@@ -49,7 +49,20 @@ def test_fit_in_shards_resume_and_report(tiny_root, tmp_path, monkeypatch):
     one = ((kl[1] - kl[2]).abs() / kl[0].clamp_min(1e-9)).tolist()
     assert abs(curve[0]["max"] - max(one)) < 1e-4 and abs(curve[0]["mean"] - sum(one) / 3) < 1e-4
     assert report["texts_per_half_for_tolerance_if_1_over_sqrt"] >= 2 or curve[-1]["max"] < 0.05
+    assert (report["curve_log_log_slope"], report["texts_per_half_for_tolerance_fitted_power_law"]) == \
+        script.power_law(curve, 0.05)
     assert "| texts per half | max rel. diff |" in (out / "report.md").read_text()
     texts = script.corpus(model, 4, 24)  # the merged shards equal one fit on every text
     whole = fit_jacobian_lens(model, texts, max_seq_len=24, skip_first_positions=2, progress=False)
     torch.testing.assert_close(lens.jacobian, whole.jacobian, rtol=1e-5, atol=1e-6)
+
+
+def test_power_law_extrapolation():
+    script = _script()
+    curve = [{"texts_per_half": k, "max": 0.4 * k**-0.5} for k in (1, 2, 4, 8)]
+    slope, needed = script.power_law(curve, 0.05)
+    assert abs(slope + 0.5) < 1e-12 and needed == 64  # 0.4 / sqrt(64) = 0.05
+    slope, needed = script.power_law([{"texts_per_half": k, "max": 0.2 * k**-1.0} for k in (1, 3)], 0.05)
+    assert abs(slope + 1.0) < 1e-12 and needed == 4
+    assert script.power_law([{"texts_per_half": 1, "max": 0.3}, {"texts_per_half": 2, "max": 0.4}], 0.05)[1] is None
+    assert script.power_law([{"texts_per_half": 2, "max": 0.3}], 0.05) == (None, None)
