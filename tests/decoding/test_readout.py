@@ -45,6 +45,21 @@ def synthetic(n_layers=3, d_model=29, d_vocab=211, *, batch=3, pos=7, bias=False
     return ResidualStack(resid, tokens, mask, layer_labels(n_layers)), lens
 
 
+def naive_rows(stack, positions=None):
+    """The rows ``positions`` selects, resolved by hand (one Python loop, not `select_rows`)."""
+    lengths = [int(n) for n in stack.mask.sum(-1)]
+    if positions is None:
+        rows = [(b, p) for b, n in enumerate(lengths) for p in range(n)]
+    elif isinstance(positions, str):  # "last"
+        rows = [(b, n - 1) for b, n in enumerate(lengths)]
+    elif positions.dtype == torch.bool:
+        rows = [(b, p) for b in range(positions.shape[0]) for p in range(positions.shape[1]) if positions[b, p]]
+    else:  # one position per sequence, negative from the sequence's end
+        rows = [(b, int(q) if int(q) >= 0 else lengths[b] + int(q)) for b, q in enumerate(positions)]
+    b_idx, p_idx = zip(*rows, strict=True)
+    return torch.tensor(b_idx), torch.tensor(p_idx)
+
+
 def naive(stack, lens, *, targets=None, top_k=5, positions=None, operand=None, gemm=False):
     """Materialise every logit in float64: the reference the streamed read-out must equal.
 
@@ -53,7 +68,7 @@ def naive(stack, lens, *, targets=None, top_k=5, positions=None, operand=None, g
     ``gemm=True`` uses a matmul instead, for real-model sizes.
     """
     u = lens.unembed
-    b_idx, p_idx = glt.decoding._readout.select_rows(stack, positions)
+    b_idx, p_idx = naive_rows(stack, positions)
     with torch.no_grad():
         x = u.normalize(lens.transform_stack(stack.resid[:, b_idx, p_idx].float()))
     W = u.W
@@ -116,7 +131,7 @@ def test_matches_naive_reference(bias, softcap, norm, n_targets):
 def test_positions_match_naive_reference(positions):
     stack, lens = synthetic()
     if positions == "int":
-        positions = torch.tensor([-1, 0, -1])
+        positions = torch.tensor([-1, 0, -2])
     elif positions == "bool":
         positions = stack.mask & (torch.arange(7)[None] % 2 == 0)
     r = glt.readout(stack, lens, positions=positions, vocab_tile=50)

@@ -114,6 +114,8 @@ def test_a_manifest_written_before_lens_folders_existed_still_resumes(folders, t
     del data["config"]["lens_folders"]  # as glt 0.2 wrote it
     manifest.write_text(json.dumps(data))
     run_study(cfg, out, stages=["heatmap"], resume=True, progress=False)
+    stages = json.loads((out / "timings" / "summary.json").read_text())["stages"]
+    assert stages["heatmap_logit"]["status"] == "resumed"  # kept, not silently recomputed
 
 
 

@@ -63,18 +63,24 @@ def test_stored_data_equal_the_readout(tiny_read, tiny_llama):
 
 
 def test_explore_with_targets_and_two_lenses(tiny_llama):
-    tuned = glt.TunedLens.from_model(tiny_llama)  # zero-initialised: equal to the logit lens
-    ex = glt.explore(tiny_llama, "the capital of france is", lenses={"logit": "logit", "zero tuned": tuned},
+    tuned = glt.TunedLens.from_model(tiny_llama)
+    with torch.no_grad():  # a random translator, so the two lenses' data differ
+        g = torch.Generator().manual_seed(0)
+        tuned.weight.copy_(0.5 * torch.randn(tuned.weight.shape, generator=g))
+        tuned.bias.copy_(0.5 * torch.randn(tuned.bias.shape, generator=g))
+    ex = glt.explore(tiny_llama, "the capital of france is", lenses={"logit": "logit", "tuned": tuned},
                      targets=["paris", 5], top_k=3, color="target_rank")
     d = ex.data
-    assert ex.lenses == ("logit", "zero tuned") and d["stat"] == "trank" and d["k"] == 3
+    assert ex.lenses == ("logit", "tuned") and d["stat"] == "trank" and d["k"] == 3
     stack = glt.capture_residuals(tiny_llama, ["the capital of france is"])
-    lens = glt.LogitLens.from_model(tiny_llama)
-    final = glt.readout(stack, lens, top_k=1).top1[-1]
+    logit = glt.LogitLens.from_model(tiny_llama)
+    final = glt.readout(stack, logit, top_k=1).top1[-1]
     paris = tiny_llama.tokenizer("paris", add_special_tokens=False)["input_ids"][0]
     targets = torch.stack([final, torch.full_like(final, paris), torch.full_like(final, 5)], 1)
-    want = glt.readout(stack, lens, targets=targets, top_k=3)
-    for v in d["lenses"]:
+    wants = [glt.readout(stack, lens, targets=targets, top_k=3) for lens in (logit, tuned)]
+    assert not torch.equal(wants[0].ranks, wants[1].ranks), "the two lenses must read differently"
+    assert len(d["lenses"]) == 2
+    for v, want in zip(d["lenses"], wants, strict=True):  # each lens's own read-out, in the order given
         assert v["tnames"][:2] == ["final top-1", "paris"] and v["t"] == 3
         np.testing.assert_array_equal(arr(v["rank"], "<i4").reshape(want.ranks.shape), want.ranks.numpy())
     one = glt.explore(tiny_llama, "the capital of france is", targets="paris", top_k=3)  # one string, one token

@@ -235,6 +235,7 @@ from glt.studies.guess_then_refine import (  # noqa: E402
     plot_rank_by_bucket,
 )
 from glt.studies.part_of_speech import plot_pos_onsets, plot_pos_ranks  # noqa: E402
+from tests.helpers import hand_built_fact_result  # noqa: E402
 
 TEXTS = ["the city of paris is the capital of france and it is on a river",
          "he was in the city , she was not . they had been to the country",
@@ -321,15 +322,13 @@ def facts(tiny_llama):
 
 
 @pytest.mark.parametrize("outcome", ["correct", "incorrect"])
-def test_fact_plots_equal_curves(facts, outcome):
-    if not bool((facts.correct if outcome == "correct" else ~facts.correct).any()):
-        with pytest.raises(glt.GltError):
-            plot_fact_onsets(facts, outcome=outcome)
-        return
+def test_fact_plots_equal_curves(outcome):
+    facts = hand_built_fact_result()  # correct and incorrect tokens, 1- and 2-token answers
     fig = plot_fact_onsets(facts, outcome=outcome, kind="first")
-    lines = fig.axes[0].lines
-    want = [c for c in facts.curves if c.group.endswith(outcome) and c.kind == "first"]
-    by_label = {ln.get_label().split(" (N=")[0]: ln for ln in lines}
+    want = [c for c in facts.curves if c.group.split("/")[2] == outcome and c.kind == "first"]
+    assert want, "the hand-built result has tokens of both outcomes"
+    by_label = {ln.get_label().split(" (N=")[0]: ln for ln in fig.axes[0].lines}
+    assert len(by_label) == len(want), (sorted(by_label), [c.group for c in want])
     for c in want:
         n, j, _ = c.group.split("/")
         line = by_label[f"n={n[3:]} token {int(j[3:]) + 1}"]
@@ -337,6 +336,14 @@ def test_fact_plots_equal_curves(facts, outcome):
         np.testing.assert_array_equal(line.get_ydata(), c.ks)
     render(fig)
     render(plot_fact_ranks(facts, outcome=outcome))
+
+
+def test_fact_plots_of_a_real_run_and_without_correct_tokens(facts):
+    render(plot_fact_onsets(facts, outcome="incorrect"))  # the tiny model's run draws
+    none_right = hand_built_fact_result(correct=(False,) * 4)
+    for plot in (plot_fact_onsets, plot_fact_ranks):
+        with pytest.raises(glt.GltError, match="no correct answer tokens in the result: try outcome='incorrect'"):
+            plot(none_right, outcome="correct")
 
 
 @pytest.fixture(scope="module")

@@ -224,6 +224,7 @@ def test_linesearch_never_raises_validation_kl_and_beats_its_start(tiny_llama):
     val = torch.tensor([h["val_kl"] for h in hist])  # [step, layer]
     assert bool((val[1:] <= val[:-1] + 1e-6).all())
     assert all(len(h["step_sizes"]) == 3 and min(h["step_sizes"]) >= 0 for h in hist)
+    assert any(s > 0 for h in hist for s in h["step_sizes"]), "the line search never moved"
     start = train_tuned_lens(tiny_llama, TRAIN, seed=3, **dict(FAST, max_tokens=0, optimizer="linesearch"))
     stack = glt.capture_residuals(tiny_llama, HELD)
     kl_t = glt.readout(stack, lens).kl_to_final.mean(1)
@@ -395,7 +396,8 @@ def test_evaluation_round_trips_and_tabulates(tiny_llama, trained, tmp_path):
     assert ev.n_rows == 20 and ev.skipped["not_sampled"] > 0
     ev.save(tmp_path / "e.json")
     back = LensEvaluation.load(tmp_path / "e.json")
-    torch.testing.assert_close(back.kl, ev.kl) and torch.testing.assert_close(back.ce, ev.ce)
+    torch.testing.assert_close(back.kl, ev.kl)
+    torch.testing.assert_close(back.ce, ev.ce)
     df = back.to_dataframe()
     assert len(df) == 2 * 4 and set(df.columns) >= {"lens", "layer", "kl_mean", "kl_median", "ce_mean", "n"}
     with pytest.raises(glt.GltError, match="lens must be one of"):

@@ -18,6 +18,7 @@ from glt.studies.fact_recall._run import (
     join_answer,
     run_fact_recall,
 )
+from tests.helpers import hand_built_fact_result
 
 # words of the tiny models' word-level vocabulary (unknown words become <unk>)
 TINY_FACTS = [
@@ -74,25 +75,7 @@ def test_prepare_same_tokens_with_or_without_leading_space():
 
 
 def test_hand_built_onsets_per_length_position_and_outcome():
-    # 3 facts over 4 residuals (n_layers = 3): A (1 token, correct), B (2 tokens: pos 0 wrong,
-    # pos 1 right), C (1 token, wrong); input fact 2 was skipped.
-    per_row = [  # rank over the 4 residuals for rows A0, B0, B1, C0
-        [5, 0, 3, 0],
-        [8, 20, 2, 4],
-        [9, 2, 0, 0],
-        [50, 9, 30, 1],
-    ]
-    r = FactRecallResult(
-        model="m", lens="logit", sources=("s",), ks=(1, 10), layer_labels=("e", "1", "2", "f"),
-        max_answer_tokens=3, accept_unspaced=True, n_input=4,
-        facts=(Fact("p", "a"), Fact("q", "b c"), Fact("r", "d")), fact_index=(0, 1, 3),
-        skipped=((2, SKIP_LONG),), answer_tokens=((2,), (3, 4), (5,)),
-        row_fact=torch.tensor([0, 1, 1, 2]), row_position=torch.tensor([0, 0, 1, 0]),
-        gold=torch.tensor([2, 3, 4, 5]), tracked=torch.tensor([2, 3, 4, 5]),
-        correct=torch.tensor([True, False, True, False]), ranks=torch.tensor(per_row).T,
-        logprobs=torch.zeros(4, 4), top1=torch.zeros(4, 4, dtype=torch.long),
-        max_prob=torch.ones(4, 4),
-    )
+    r = hand_built_fact_result()  # A (1 token, correct), B (pos 0 wrong, pos 1 right), C (wrong)
     # onsets [k, row] for k = 1 and k = 10 (-1 = never inside)
     assert r.first.tolist() == [[1, -1, 2, -1], [0, 0, 0, 1]]
     assert r.stable.tolist() == [[3, -1, 2, -1], [0, 2, 0, 3]]

@@ -215,7 +215,12 @@ def test_default_model_mmlu(default_model, tmp_path):
     assert "mmlu_no_train" in r.source and "1 shots" in r.source
     assert float(r.top1_is_option.float().mean()) >= 0.5  # the answer format is followed
     ons = r.onsets()
-    assert bool((ons["decision_stable"] >= 0).all()) and bool((ons["decision_stable"] <= 18).all())
+    lp = r.option_logprobs.tolist()  # [layer][item][option]: the decision onsets recomputed by hand
+    for i in range(8):
+        agree = [max(range(4), key=lambda o, layer=layer: lp[layer][i][o]) == int(r.choice[i]) for layer in range(19)]
+        assert agree[-1], "the final layer's choice is the result's choice"
+        assert int(ons["decision_first"][i]) == agree.index(True)
+        assert int(ons["decision_stable"][i]) == min(j for j in range(19) if all(agree[j:]))
     assert MultipleChoiceResult.load(r.save(tmp_path / "r.json")).summary().equals(r.summary())
 
 
