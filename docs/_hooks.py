@@ -9,9 +9,10 @@
   a fresh clone has no copies). ``GLT_DOCS_REQUIRE_OUTPUTS=1`` turns that fallback into an error,
   for a build that is published;
 
-* ``lens/report.md`` and ``lens/smollm2-135m/report.md`` (+ their figures): the training reports
-  of the shipped tuned lenses, ``glt/assets/lenses/{default,smollm2-135m}/report.md``, or a page
-  saying that this build ships none;
+* ``lens/report.md``, ``lens/smollm2-135m/report.md`` and ``lens/jacobian/report.md`` (+ their
+  figures): the reports of the shipped lenses (two tuned lenses and the default model's Jacobian
+  lens), ``glt/assets/lenses/{default,smollm2-135m,default-jacobian}/report.md``, or a page saying
+  that this build ships none;
 * ``cli.md``: the ``glt`` command line, its ``--help`` texts rendered from the argument parser
   (so the page cannot drift from the code);
 * ``benchmarks.md`` / ``performance.md``: written by the benchmark scripts into ``docs/``; a
@@ -30,7 +31,8 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 LENSES = {"lens": ROOT / "glt" / "assets" / "lenses" / "default",  # docs folder -> shipped lens folder
-          "lens/smollm2-135m": ROOT / "glt" / "assets" / "lenses" / "smollm2-135m"}
+          "lens/smollm2-135m": ROOT / "glt" / "assets" / "lenses" / "smollm2-135m",
+          "lens/jacobian": ROOT / "glt" / "assets" / "lenses" / "default-jacobian"}
 _LENS_SKIP = {".safetensors", ".pt", ".bin"}
 EXECUTED = ROOT / "build" / "tutorials"  # written by the root conftest.py (pytest --nbmake)
 log = logging.getLogger("mkdocs.hooks.glt")

@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lens to decode with (default: logit); least_squares: fitted on the spot "
                      "on the offline Wikipedia sample (minutes on a CPU) and cached for the next run")
     ins.add_argument("--lens-path", default=None,
-                     help="tuned-lens folder (default: the shipped lens of the model), or the Jacobian "
-                     "lens folder --lens jacobian needs (JacobianLens.save)")
+                     help="tuned-lens folder (default: the shipped lens of the model), or a Jacobian "
+                     "lens folder for --lens jacobian (JacobianLens.save; default: the one shipped for "
+                     "the default model)")
     ins.add_argument("--top-k", type=int, default=5, help="tokens shown per layer (default: 5)")
     ins.add_argument("--position", type=int, default=-1,
                      help="position whose table is printed (default: -1, the last)")
@@ -70,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--model", default="default", help="model name or path (default: default)")
     st.add_argument("--lens", default=None, metavar="LENS[,LENS...]",
                     help="lens(es) to read every study with, comma-separated: tuned, least_squares, logit, "
-                    "jacobian, both (= tuned,logit) or a lens folder; each study's forward passes run once "
-                    "and every lens decodes them (default: tuned when a tuned lens ships for the model, "
-                    "else least_squares: fitted on the spot on the offline Wikipedia sample, minutes "
-                    "on a CPU, and cached for the next run)")
+                    "jacobian (shipped for the default model), both (= tuned,logit) or a lens folder; each "
+                    "study's forward passes run once and every lens decodes them (default: tuned when a "
+                    "tuned lens ships for the model, else least_squares: fitted on the spot on the offline "
+                    "Wikipedia sample, minutes on a CPU, and cached for the next run)")
     st.add_argument("--lens-path", default=None, help="tuned-lens folder for --lens tuned/both; a Jacobian "
                     "lens folder (JacobianLens.save) runs as the lens 'jacobian'")
     st.add_argument("--out", default="glt-study", help="output folder (default: glt-study)")

@@ -2,7 +2,8 @@
 
 glt ships a trained tuned lens and a token-frequency table for each offline model, Gemma 3 270M
 (the default model) and SmolLM2-135M, in ``glt/assets/lenses/<key>`` and
-``glt/assets/frequency/<key>``. `shipped_key` maps a model (loaded, or a name as `glt.load_model`
+``glt/assets/frequency/<key>``, and a Jacobian lens for the default model in
+``glt/assets/lenses/default-jacobian`` (float16). `shipped_key` maps a model (loaded, or a name as `glt.load_model`
 takes it) to that key; any other model has none, and gets a lens fitted on the spot instead.
 """
 
@@ -12,12 +13,15 @@ from typing import Any
 
 from glt.core._models import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_name
 
-__all__ = ["SHIPPED", "SHIPPED_NAMES", "asset_dir", "shipped_frequency_dir", "shipped_key", "shipped_lens_dir"]
+__all__ = ["SHIPPED", "SHIPPED_JACOBIAN", "SHIPPED_NAMES", "asset_dir", "shipped_frequency_dir", "shipped_jacobian_dir",
+           "shipped_key", "shipped_lens_dir"]
 
 #: Where the shipped assets are (inside the installed package).
 ASSETS_ROOT = Path(str(resources.files("glt") / "assets"))
 #: `glt.model_name` of a shipped model -> its asset folder name.
 SHIPPED: dict[str, str] = {DEFAULT_MODEL_ID: "default", "smollm2-135m": "smollm2-135m"}
+#: Asset keys of the models a Jacobian lens ships for (folder ``<key>-jacobian``).
+SHIPPED_JACOBIAN: tuple[str, ...] = ("default",)
 #: The names users pass for the shipped models (`glt.load_model`, `glt.load_lens`, ``--model``).
 SHIPPED_NAMES: tuple[str, ...] = (DEFAULT_MODEL, "smollm2-135m")
 #: Names `glt.load_model` resolves to SmolLM2-135M (case-insensitive, as it does; "default" is exact).
@@ -52,6 +56,18 @@ def _shipped(kind: str, model: Any, marker: str) -> Path | None:
 def shipped_lens_dir(model: Any) -> Path | None:
     """The shipped tuned lens folder of ``model``, None when none ships (or the build lacks it)."""
     return _shipped("lenses", model, "config.json")
+
+
+def shipped_jacobian_dir(model: Any) -> Path | None:
+    """The shipped Jacobian lens folder of ``model``, None when none ships (or the build lacks it).
+
+    Example:
+        >>> shipped_jacobian_dir("default").name, shipped_jacobian_dir("smollm2-135m")
+        ('default-jacobian', None)
+    """
+    key = shipped_key(model)
+    folder = asset_dir("lenses", f"{key}-jacobian") if key in SHIPPED_JACOBIAN else None
+    return folder if folder is not None and (folder / "config.json").is_file() else None
 
 
 def shipped_frequency_dir(model: Any) -> Path | None:

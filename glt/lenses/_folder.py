@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -42,14 +43,14 @@ def lens_config(lens: Any, fmt: str, version: int, lens_type: str, convention: s
 
 
 def write_lens_folder(path: str | os.PathLike, what: str, tensors: dict[str, Tensor], config: dict[str, Any],
-                      extra_files: dict[str, Any] | None = None) -> Path:
-    """Write ``tensors`` (as float32 safetensors), ``config`` and ``extra_files`` (file name ->
-    string, or JSON-able object) into the folder ``path`` atomically; OSErrors become GltError
-    naming ``path`` and ``what`` it is."""
+                      extra_files: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``tensors`` (as ``dtype`` safetensors, float32 by default), ``config`` (its ``dtype``
+    entry set to match) and ``extra_files`` (file name -> string, or JSON-able object) into the
+    folder ``path`` atomically; OSErrors become GltError naming ``path`` and ``what`` it is."""
     path = Path(path)
     with atomic_dir(path, what) as tmp:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp / PARAMS))
-        write_json(tmp / "config.json", config)
+        save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in tensors.items()}, str(tmp / PARAMS))
+        write_json(tmp / "config.json", {**config, "dtype": str(dtype).removeprefix("torch.")})
         for name, obj in (extra_files or {}).items():
             if isinstance(obj, str):
                 atomic_write_text(tmp / name, obj)

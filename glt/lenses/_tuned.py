@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_key
+from glt.core._assets import SHIPPED_JACOBIAN, SHIPPED_NAMES, asset_dir, shipped_key
 from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir
@@ -168,7 +168,11 @@ class TunedLens(LogitLens):
 
 
 def _shipped_folder(name: str) -> Path | None:
-    """The shipped lens folder that ``name`` ("default", "smollm2-135m", ...) names, else None."""
+    """The shipped lens folder that ``name`` names, else None: a shipped model's name ("default",
+    "smollm2-135m", ...) names its tuned lens, ``"<name>-jacobian"`` its Jacobian lens."""
+    if name.endswith("-jacobian"):
+        key = shipped_key(name.removesuffix("-jacobian"))
+        return asset_dir("lenses", f"{key}-jacobian") if key in SHIPPED_JACOBIAN else None
     key = shipped_key(name)
     return asset_dir("lenses", key) if key else None
 
@@ -247,6 +251,7 @@ def load_lens(
 
     glt ships a tuned lens for ``"default"`` (Gemma 3 270M) and ``"smollm2-135m"``; those names
     (as `glt.load_model` takes them) load the shipped lens, before any folder of that name.
+    ``"default-jacobian"`` loads the Jacobian lens shipped for the default model.
 
     A glt folder is read by the lens kind its ``config.json`` names: a tuned lens, or a Jacobian
     lens (`glt.JacobianLens`, format ``glt-jacobian-lens``).
@@ -256,7 +261,7 @@ def load_lens(
     `import_tuned_lens`).
 
     Args:
-        path_or_name: ``"default"``, ``"smollm2-135m"`` or a folder path.
+        path_or_name: ``"default"``, ``"smollm2-135m"``, ``"default-jacobian"`` or a folder path.
         model: the model the lens decodes; None loads the model named in ``config.json``.
         allow_mismatch: accept a lens whose unembedding fingerprint differs from the model's
             (warns). The fingerprint is taken at bfloat16 precision, so the same model in

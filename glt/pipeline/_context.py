@@ -9,7 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from glt.core._assets import SHIPPED_NAMES, asset_dir, shipped_frequency_dir, shipped_key, shipped_lens_dir
+from glt.core._assets import (
+    SHIPPED_NAMES,
+    asset_dir,
+    shipped_frequency_dir,
+    shipped_jacobian_dir,
+    shipped_key,
+    shipped_lens_dir,
+)
 from glt.core._capture import has_resid_mid
 from glt.core._errors import GltError
 from glt.core._io import read_json
@@ -92,11 +99,15 @@ def reads_resid_mid(config: Any, name: str) -> bool:
 
 
 def load_jacobian_lens(model: Any, path: str | None) -> JacobianLens:
-    """The Jacobian lens folder at ``path``; GltError when there is none or it holds another lens."""
+    """The Jacobian lens folder at ``path``, or (``path`` None) the one shipped for ``model``;
+    GltError when there is none or it holds another lens."""
+    if path is None:
+        path = shipped_jacobian_dir(model)
     if path is None:
         raise GltError(
-            "--lens jacobian needs --lens-path FOLDER: no Jacobian lens ships with glt; fit one with "
-            "glt.fit_jacobian_lens(model, texts).save(FOLDER) or benchmarks/fit_jacobian_lens.py"
+            f"--lens jacobian needs --lens-path FOLDER: no Jacobian lens ships for {model_name(model)!r} (one ships "
+            "for the default model only); fit one with glt.fit_jacobian_lens(model, texts).save(FOLDER) or "
+            "benchmarks/fit_jacobian_lens.py"
         )
     lens = load_lens(path, model)
     if not isinstance(lens, JacobianLens):

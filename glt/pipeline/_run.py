@@ -30,6 +30,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from glt._version import __version__
+from glt.core._assets import shipped_jacobian_dir
 from glt.core._check import checked
 from glt.core._codec import Format, read_tagged, write_tagged
 from glt.core._errors import GltError
@@ -173,9 +174,9 @@ def study_config(
     ``lens`` None picks the shipped tuned lens where one ships for ``model`` (or the one at
     ``lens_path``), else ``"least_squares"``: a lens fitted on the spot on the offline Wikipedia
     sample and cached (`glt.lenses.fit._cached`). Otherwise ``lens`` lists lenses, comma-separated
-    or as a sequence: ``"tuned"``, ``"least_squares"``, ``"logit"``, ``"jacobian"`` (needs a
-    Jacobian lens folder), ``"both"`` (tuned and logit) or a lens folder (read as the lens it
-    holds); every study runs its forward passes once and decodes them with each lens. A
+    or as a sequence: ``"tuned"``, ``"least_squares"``, ``"logit"``, ``"jacobian"`` (the lens
+    shipped for the default model, else a Jacobian lens folder), ``"both"`` (tuned and logit) or a
+    lens folder (read as the lens it holds); every study runs its forward passes once and decodes them with each lens. A
     ``lens_path`` holding a Jacobian lens (`glt.JacobianLens`) runs as the lens ``"jacobian"``.
     """
     if lens is None:
@@ -192,10 +193,12 @@ def study_config(
     if path_kind in folder_kinds:
         raise GltError(f"--lens-path {lens_path} and a --lens folder both hold a {path_kind} lens: "
                        "pass that lens once")
-    if "jacobian" in lenses and "jacobian" not in folder_kinds and path_kind != "jacobian":
-        raise GltError("--lens jacobian needs a Jacobian lens folder: no Jacobian lens ships with glt; pass "
-                       "the folder in --lens (e.g. --lens logit,tuned,FOLDER) or as --lens-path, after fitting "
-                       "one with glt.fit_jacobian_lens(model, texts).save(FOLDER) or benchmarks/fit_jacobian_lens.py")
+    if ("jacobian" in lenses and "jacobian" not in folder_kinds and path_kind != "jacobian"
+            and shipped_jacobian_dir(model) is None):
+        raise GltError(f"--lens jacobian needs a Jacobian lens folder: no Jacobian lens ships for {model!r} (one "
+                       "ships for the default model only); pass the folder in --lens (e.g. --lens logit,tuned,FOLDER) "
+                       "or as --lens-path, after fitting one with glt.fit_jacobian_lens(model, texts).save(FOLDER) "
+                       "or benchmarks/fit_jacobian_lens.py")
     tuned_path = lens_path if path_kind == "tuned" else None
     if "tuned" in lenses and tuned_path is None and "tuned" not in folder_kinds and default_lens_name(model) != "tuned":
         raise no_shipped_lens(model, f"--lens {lens}")

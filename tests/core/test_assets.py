@@ -1,8 +1,11 @@
 """What ships for which model: `glt.core._assets` maps load names and loaded models to asset folders."""
 
+import json
 import re
+import zlib
 
 import pytest
+import torch
 
 import glt
 import glt.core._assets as assets
@@ -32,22 +35,52 @@ def test_every_shipped_model_has_its_lens_and_table():
         for f in ("config.json", "params.safetensors", "report.md", "eval.json"):
             assert (assets.asset_dir("lenses", key) / f).is_file(), (name, f)
         assert (assets.asset_dir("frequency", key) / "frequency.json").is_file(), name
-    assert sorted(p.name for p in (assets.ASSETS_ROOT / "lenses").iterdir()) == sorted(assets.SHIPPED.values())
+    jacobians = [f"{key}-jacobian" for key in assets.SHIPPED_JACOBIAN]
+    assert sorted(p.name for p in (assets.ASSETS_ROOT / "lenses").iterdir()) == sorted([*assets.SHIPPED.values(),
+                                                                                         *jacobians])
+
+
+def test_the_shipped_jacobian_lens_and_its_report():
+    """The default model's Jacobian lens: float16 [18, 640, 640] (J_0 fitted), its fit provenance,
+    and a report whose two disjoint halves agree within the 5% tolerance at every residual."""
+    from safetensors import safe_open
+
+    folder = assets.shipped_jacobian_dir("default")
+    assert folder == assets.asset_dir("lenses", "default-jacobian") and assets.shipped_jacobian_dir("gpt2") is None
+    assert assets.shipped_jacobian_dir("smollm2-135m") is None
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["format"] == "glt-jacobian-lens" and cfg["dtype"] == "float16" and cfg["residual_0"] == "fitted"
+    assert (cfg["n_layers"], cfg["d_model"], cfg["n_prompts"]) == (18, 640, 24)
+    assert cfg["fit"]["max_seq_len"] == 128 and cfg["fit"]["tokens"] == 24 * 128
+    with safe_open(str(folder / "params.safetensors"), "pt") as f:
+        J = f.get_tensor("jacobian")
+    assert J.dtype == torch.float16 and tuple(J.shape) == (18, 640, 640) and bool(torch.isfinite(J).all())
+    report = json.loads((folder / "report.json").read_text())
+    assert report["n_prompts"] == 24 and report["half_prompts"] == [12, 12] and report["stable"] is True
+    assert max(report["stability_relative_kl_difference"]) < report["tolerance"] == 0.05
+    assert report["stability_curve"][-1]["texts_per_half"] == 12
+    kl = report["heldout"]["kl_mean"]
+    assert set(kl) >= {"logit", "least_squares", "tuned", "jacobian"} and len(kl["jacobian"]) == 19
+    assert "| texts per half | max rel. diff |" in (folder / "report.md").read_text()
 
 
 def test_a_build_without_assets_has_no_shipped_lens(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "ASSETS_ROOT", tmp_path)
     assert assets.shipped_lens_dir("default") is None and assets.shipped_lens_dir("gpt2") is None
     assert assets.shipped_frequency_dir("default") is None and assets.shipped_frequency_dir("gpt2") is None
+    assert assets.shipped_jacobian_dir("default") is None
     with pytest.raises(glt.GltError, match=r"the shipped 'smollm2-135m' lens is missing from this installation"):
         glt.load_lens("smollm2-135m")
 
 
 def test_the_shipped_assets_keep_the_wheel_under_pypi_s_100_mb_file_limit():
-    """Both float32 lenses (29.5 MB + 39.9 MB) and the tables make the wheel ~68 MB (lenses barely
-    compress); a third lens or a larger model's would need another home (an extra package)."""
-    total = sum(f.stat().st_size for f in assets.ASSETS_ROOT.rglob("*") if f.is_file())
-    assert total < 85_000_000, f"glt/assets holds {total / 1e6:.1f} MB"
+    """The wheel stores the assets deflated: both float32 tuned lenses (29.5 MB + 39.9 MB, they
+    barely compress), the float16 Jacobian lens (14.7 MB) and the JSON reports and tables come to
+    ~83 MB compressed, under PyPI's 100 MB file limit with room for the code; a further lens would
+    need another home (an extra package)."""
+    files = [f for f in assets.ASSETS_ROOT.rglob("*") if f.is_file()]
+    deflated = sum(len(zlib.compress(f.read_bytes(), 6)) for f in files)
+    assert deflated < 90_000_000, f"glt/assets deflates to {deflated / 1e6:.1f} MB"
 
 
 def test_the_default_frequency_table_of_a_build_without_it_is_a_glt_error(tiny_llama, monkeypatch, tmp_path):

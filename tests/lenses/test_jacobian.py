@@ -102,6 +102,25 @@ def test_folder_round_trip_through_load_lens(tiny_llama, tmp_path):
     assert glt.readout(glt.capture_residuals(tiny_llama, TEXTS), back).lens == "jacobian"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_folder_loads_as_the_rounded_float32_lens(tiny_llama, tmp_path, dtype):
+    """The shipped lens is stored in float16: the file holds ``dtype``, config.json says so, and
+    the loaded lens (float32) is the original rounded to ``dtype``, nothing else changed."""
+    from safetensors import safe_open
+
+    lens = _random_lens(tiny_llama)
+    lens.save(tmp_path / "jl", dtype=dtype)
+    with safe_open(str(tmp_path / "jl" / "params.safetensors"), "pt") as f:
+        assert f.get_tensor("jacobian").dtype == dtype
+    assert json.loads((tmp_path / "jl" / "config.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    back = load_lens(tmp_path / "jl", tiny_llama)
+    assert back.jacobian.dtype == torch.float32 and torch.equal(back.jacobian, lens.jacobian.to(dtype).float())
+    assert back.residual_0 == lens.residual_0 and back.config["n_prompts"] == lens.config["n_prompts"]
+    with pytest.raises(glt.GltError, match=r"dtype must be torch.float32, torch.float16 or torch.bfloat16"):
+        lens.save(tmp_path / "bad", dtype=torch.int8)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_load_lens_still_loads_tuned_lens_folders(tiny_llama, tmp_path):
     TunedLens.from_model(tiny_llama).save(tmp_path / "tuned")
     assert type(load_lens(tmp_path / "tuned", tiny_llama)) is TunedLens

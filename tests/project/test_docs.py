@@ -122,7 +122,7 @@ def test_mkdocs_build_strict(docs_site):
     assert docs_site.returncode == 0, docs_site.log[-6000:]
     site = docs_site.path
     for page in ("index.html", "tutorials/02_guess_then_refine/index.html", "lens/report/index.html",
-                 "lens/smollm2-135m/report/index.html",
+                 "lens/smollm2-135m/report/index.html", "lens/jacobian/report/index.html",
                  "api/early_exit/index.html", "benchmarks/index.html", "cli/index.html",
                  "architecture/index.html", "img/architecture.svg"):
         assert (site / page).is_file(), f"{page} missing from the built site"
