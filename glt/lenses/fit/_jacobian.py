@@ -266,6 +266,8 @@ def fit_jacobian_lens(
 def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
     """One lens from lenses fitted on disjoint slices of texts: matrices averaged, weighted by
     ``config["n_prompts"]`` (so a fit split into shards and merged equals the fit in one go).
+    The fit records are summed; a part's ``config["shard"]`` (its texts) is kept, one entry per
+    part, under ``config["shards"]``, never as the merged lens's own.
 
     Raises GltError when the lenses differ in model, size or ``residual_0``, or one has no prompts.
     """
@@ -288,4 +290,8 @@ def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
               "fit": {**fits[0], "merged_shards": len(lenses),
                       **{k: sum(f.get(k, 0) for f in fits) for k in ("texts", "texts_too_short", "tokens", "seconds")}}}
     config["fit"]["seconds_per_text"] = round(config["fit"]["seconds"] / total, 3)
+    shards = [x.config["shard"] for x in lenses if "shard" in x.config]  # each part's own provenance
+    config.pop("shard", None)
+    if shards:
+        config["shards"] = shards
     return JacobianLens(first.unembed, first.n_layers, config).set_jacobian(J.float(), residual_0=first.residual_0)

@@ -167,8 +167,10 @@ def test_merging_shards_equals_one_fit(tiny_llama):
     whole = fit_jacobian_lens(tiny_llama, TEXTS + TEXTS[:1], skip_first_positions=SKIP, progress=False)
     a = fit_jacobian_lens(tiny_llama, TEXTS, skip_first_positions=SKIP, progress=False)
     b = fit_jacobian_lens(tiny_llama, TEXTS[:1], skip_first_positions=SKIP, progress=False)
+    a.config["shard"], b.config["shard"] = {"texts": [0, 2]}, {"texts": [2, 3]}
     merged = merge_jacobian_lenses([a, b])
     assert merged.config["n_prompts"] == 3 and merged.config["fit"]["merged_shards"] == 2
+    assert "shard" not in merged.config and merged.config["shards"] == [{"texts": [0, 2]}, {"texts": [2, 3]}]
     torch.testing.assert_close(merged.jacobian, whole.jacobian, rtol=1e-5, atol=1e-6)
 
 
