@@ -284,7 +284,8 @@ def load_lens(
     if not where.is_dir():
         raise GltError(
             f"lens {str(path_or_name)!r} is not a folder: pass a shipped lens's model name "
-            f"({', '.join(sorted(SHIPPED_NAMES))}) or a folder holding config.json and "
+            f"({', '.join(sorted(SHIPPED_NAMES))}; {', '.join(f'{k}-jacobian' for k in SHIPPED_JACOBIAN)} for a "
+            "Jacobian lens) or a folder holding config.json and "
             "params.safetensors (glt) or params.pt (tuned-lens)"
         )
     if not (where / PARAMS).is_file() and (where / "params.pt").is_file():

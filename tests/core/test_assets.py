@@ -62,6 +62,8 @@ def test_the_shipped_jacobian_lens_and_its_report():
     kl = report["heldout"]["kl_mean"]
     assert set(kl) >= {"logit", "least_squares", "tuned", "jacobian"} and len(kl["jacobian"]) == 19
     assert "| texts per half | max rel. diff |" in (folder / "report.md").read_text()
+    with pytest.raises(glt.GltError, match=r"is not a folder: pass .*default-jacobian for a Jacobian lens"):
+        glt.load_lens("smollm2-135m-jacobian")  # none ships for SmolLM2
 
 
 def test_a_build_without_assets_has_no_shipped_lens(monkeypatch, tmp_path):
