@@ -63,7 +63,7 @@ def test_study_config_presets_and_overrides(tmp_path):
     ({"lens": "logit,logit"}, r"names the lens \['logit'\] more than once"),
     ({"lens": "both,tuned"}, r"names the lens \['tuned'\] more than once"),
     ({"lens": ""}, "is neither a lens name"),
-    ({"lens": "logit,jacobian"}, "needs a Jacobian lens folder"),
+    ({"lens": "logit,jacobian", "model": "smollm2-135m"}, "needs a Jacobian lens folder: no Jacobian lens ships for"),
     ({"lens": "logit", "lens_path": "."}, "--lens-path is the tuned lens's folder"),
     ({"config_file": "/nonexistent/cfg.json"}, "does not exist"),
 ])
