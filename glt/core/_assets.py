@@ -3,8 +3,9 @@
 glt ships a trained tuned lens and a token-frequency table for each offline model, Gemma 3 270M
 (the default model) and SmolLM2-135M, in ``glt/assets/lenses/<key>`` and
 ``glt/assets/frequency/<key>``, and a Jacobian lens for the default model in
-``glt/assets/lenses/default-jacobian`` (float16). `shipped_key` maps a model (loaded, or a name as `glt.load_model`
-takes it) to that key; any other model has none, and gets a lens fitted on the spot instead.
+``glt/assets/lenses/default-jacobian`` (float16). `shipped_key` maps a model (loaded, or a name as
+`glt.load_model` takes it) to that key, `jacobian_key` to its Jacobian lens's; any other model has
+none, and gets a lens fitted on the spot instead.
 """
 
 from importlib import resources
@@ -13,8 +14,8 @@ from typing import Any
 
 from glt.core._models import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_name
 
-__all__ = ["SHIPPED", "SHIPPED_JACOBIAN", "SHIPPED_NAMES", "asset_dir", "shipped_frequency_dir", "shipped_jacobian_dir",
-           "shipped_key", "shipped_lens_dir"]
+__all__ = ["SHIPPED", "SHIPPED_JACOBIAN", "SHIPPED_NAMES", "asset_dir", "jacobian_key", "shipped_frequency_dir",
+           "shipped_jacobian_dir", "shipped_key", "shipped_lens_dir"]
 
 #: Where the shipped assets are (inside the installed package).
 ASSETS_ROOT = Path(str(resources.files("glt") / "assets"))
@@ -47,15 +48,25 @@ def asset_dir(kind: str, key: str) -> Path:
     return ASSETS_ROOT / kind / key
 
 
-def _shipped(kind: str, model: Any, marker: str) -> Path | None:
+def jacobian_key(model: Any) -> str | None:
+    """The asset key of ``model``'s shipped Jacobian lens (``"<key>-jacobian"``), None if none ships.
+
+    Example:
+        >>> jacobian_key("default"), jacobian_key("smollm2-135m")
+        ('default-jacobian', None)
+    """
     key = shipped_key(model)
+    return f"{key}-jacobian" if key in SHIPPED_JACOBIAN else None
+
+
+def _shipped(kind: str, key: str | None, marker: str) -> Path | None:
     folder = asset_dir(kind, key) if key else None
     return folder if folder is not None and (folder / marker).is_file() else None
 
 
 def shipped_lens_dir(model: Any) -> Path | None:
     """The shipped tuned lens folder of ``model``, None when none ships (or the build lacks it)."""
-    return _shipped("lenses", model, "config.json")
+    return _shipped("lenses", shipped_key(model), "config.json")
 
 
 def shipped_jacobian_dir(model: Any) -> Path | None:
@@ -65,11 +76,9 @@ def shipped_jacobian_dir(model: Any) -> Path | None:
         >>> shipped_jacobian_dir("default").name, shipped_jacobian_dir("smollm2-135m")
         ('default-jacobian', None)
     """
-    key = shipped_key(model)
-    folder = asset_dir("lenses", f"{key}-jacobian") if key in SHIPPED_JACOBIAN else None
-    return folder if folder is not None and (folder / "config.json").is_file() else None
+    return _shipped("lenses", jacobian_key(model), "config.json")
 
 
 def shipped_frequency_dir(model: Any) -> Path | None:
     """The shipped token-frequency table folder of ``model``, None when none ships (or the build lacks it)."""
-    return _shipped("frequency", model, "frequency.json")
+    return _shipped("frequency", shipped_key(model), "frequency.json")

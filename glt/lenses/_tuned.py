@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from glt.core._assets import SHIPPED_JACOBIAN, SHIPPED_NAMES, asset_dir, shipped_key
+from glt.core._assets import SHIPPED_JACOBIAN, SHIPPED_NAMES, asset_dir, jacobian_key, shipped_key
 from glt.core._check import checked
 from glt.core._errors import GltError
 from glt.core._io import atomic_dir, atomic_write_text, read_json, recover_dir
@@ -170,10 +170,7 @@ class TunedLens(LogitLens):
 def _shipped_folder(name: str) -> Path | None:
     """The shipped lens folder that ``name`` names, else None: a shipped model's name ("default",
     "smollm2-135m", ...) names its tuned lens, ``"<name>-jacobian"`` its Jacobian lens."""
-    if name.endswith("-jacobian"):
-        key = shipped_key(name.removesuffix("-jacobian"))
-        return asset_dir("lenses", f"{key}-jacobian") if key in SHIPPED_JACOBIAN else None
-    key = shipped_key(name)
+    key = jacobian_key(name.removesuffix("-jacobian")) if name.endswith("-jacobian") else shipped_key(name)
     return asset_dir("lenses", key) if key else None
 
 

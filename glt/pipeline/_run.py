@@ -176,8 +176,8 @@ def study_config(
     sample and cached (`glt.lenses.fit._cached`). Otherwise ``lens`` lists lenses, comma-separated
     or as a sequence: ``"tuned"``, ``"least_squares"``, ``"logit"``, ``"jacobian"`` (the lens
     shipped for the default model, else a Jacobian lens folder), ``"both"`` (tuned and logit) or a
-    lens folder (read as the lens it holds); every study runs its forward passes once and decodes them with each lens. A
-    ``lens_path`` holding a Jacobian lens (`glt.JacobianLens`) runs as the lens ``"jacobian"``.
+    lens folder (read as the lens it holds); every study runs its forward passes once and decodes
+    them with each lens. A ``lens_path`` holding a Jacobian lens (`glt.JacobianLens`) runs as the lens ``"jacobian"``.
     """
     if lens is None:
         lens = "tuned" if lens_path else default_lens_name(model)
